@@ -1,0 +1,1 @@
+"""poc_serve: a Ray Serve Proof-of-Compute node over a vLLM engine."""

@@ -1,0 +1,1 @@
+"""Model checkpoints that poc_serve can build locally (no model hub needed)."""

@@ -1,0 +1,80 @@
+"""Small random-weight checkpoints, built locally with a fixed seed.
+
+PoC does not depend on weight values, so a random model of the right shape measures real speed and
+a tiny one exercises every code path in tests and in the default configuration on a CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Architecture = Literal["qwen3", "llama"]
+
+# Shapes of the built-in models: "tiny" for tests and the CPU default, "qwen3-0.6b-shape" for
+# benchmarks (the real Qwen3-0.6B's layer shapes, random weights).
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 head_dim=32, intermediate_size=256, vocab_size=1024, max_position_embeddings=1024),
+    "qwen3-0.6b-shape": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
+                             num_key_value_heads=8, head_dim=128, intermediate_size=3072,
+                             vocab_size=151936, max_position_embeddings=4096),
+}
+# Names that `model` settings accept for the built-in checkpoints.
+BUILTIN_MODELS: dict[str, tuple[Architecture, str]] = {
+    "poc-tiny-qwen3": ("qwen3", "tiny"),
+    "poc-tiny-llama": ("llama", "tiny"),
+    "poc-qwen3-0.6b-random": ("qwen3", "qwen3-0.6b-shape"),
+}
+_DONE_MARKER = "poc_serve_built.json"
+
+
+def build_random_checkpoint(path: str | Path, architecture: Architecture = "qwen3", shape: str = "tiny",
+                            dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
+    """Write a random-weight causal LM (config.json + safetensors) to ``path`` and return it."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    path = Path(path)
+    dims = dict(SHAPES[shape])
+    if architecture == "qwen3":
+        config, model_cls = Qwen3Config(**dims, tie_word_embeddings=True), Qwen3ForCausalLM
+    else:
+        config, model_cls = LlamaConfig(**dims, tie_word_embeddings=True), LlamaForCausalLM
+    config.dtype = dtype
+    torch.manual_seed(seed)
+    model = model_cls(config).to(dtype)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    (path / _DONE_MARKER).write_text(json.dumps({"architecture": architecture, "shape": shape, "seed": seed}))
+    return path
+
+
+def default_cache_dir() -> Path:
+    """Where built-in checkpoints are built: ``$POC_SERVE_CACHE`` or ``~/.cache/poc_serve``."""
+    return Path(os.environ.get("POC_SERVE_CACHE", Path.home() / ".cache" / "poc_serve")) / "models"
+
+
+def resolve_model(model: str, cache_dir: str | Path | None = None) -> str:
+    """Turn a built-in model name into a local checkpoint path (built on first use).
+
+    Anything else (a local path or a hub name) is returned unchanged for vLLM to load.
+    """
+    if model not in BUILTIN_MODELS:
+        return model
+    architecture, shape = BUILTIN_MODELS[model]
+    target = Path(cache_dir or default_cache_dir()) / model
+    if not (target / _DONE_MARKER).exists():
+        # Build beside the target and rename, so a concurrent or interrupted build never leaves a
+        # half-written checkpoint under the final name.
+        tmp = target.with_name(f"{model}.tmp{os.getpid()}")
+        build_random_checkpoint(tmp, architecture, shape)
+        try:
+            tmp.rename(target)
+        except OSError:
+            if not (target / _DONE_MARKER).exists():
+                raise
+    return str(target)

@@ -1,0 +1,102 @@
+"""Deterministic random numbers of the PoC protocol (spec section 1).
+
+Every node and validator must derive bit-identical integers from the same strings, so the hash is
+spelled out here instead of taken from a library (``mmh3`` adds a length XOR that the protocol
+omits). The tensor functions are vectorised over a batch of seeds: row ``b`` of the result uses
+``seeds[b]``. Integer work runs in int64 with a 32-bit mask so it is exact on every torch device.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+_C1 = 0xCC9E2D51
+_C2 = 0x1B873593
+_FMIX1 = 0x85EBCA6B
+_FMIX2 = 0xC2B2AE35
+_TWO_POW_32 = 4294967296.0
+
+
+def seed_from_string(text: str) -> int:
+    """Return the first 4 bytes of SHA-256(UTF-8 ``text``) as a big-endian unsigned 32-bit int."""
+    return int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest()[:4], "big")
+
+
+def _rotl32_scalar(x: int, r: int) -> int:
+    return ((x << r) | (x >> (32 - r))) & MASK32
+
+
+def hash32_scalar(index: int, seed: int) -> int:
+    """Plain-Python reference of :func:`hash32` for one ``(index, seed)`` pair."""
+    k = (index * _C1) & MASK32
+    k = _rotl32_scalar(k, 15)
+    k = (k * _C2) & MASK32
+    h = seed ^ k
+    h = _rotl32_scalar(h, 13)
+    h = (h * 5 + 0xE6546B64) & MASK32
+    h ^= h >> 16
+    h = (h * _FMIX1) & MASK32
+    h ^= h >> 13
+    h = (h * _FMIX2) & MASK32
+    h ^= h >> 16
+    return h
+
+
+def _mul32(x: torch.Tensor, c: int) -> torch.Tensor:
+    # Split the constant into 16-bit halves so that no int64 product overflows:
+    # x < 2^32 and each half < 2^16 keep every partial product below 2^48.
+    lo, hi = c & 0xFFFF, c >> 16
+    return (x * lo + (((x * hi) & 0xFFFF) << 16)) & MASK32
+
+
+def _rotl32(x: torch.Tensor, r: int) -> torch.Tensor:
+    return ((x << r) & MASK32) | (x >> (32 - r))
+
+
+def hash32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3-x86-32 of one 4-byte block without the length XOR, elementwise.
+
+    ``index`` and ``seed`` are int64 tensors holding values in ``[0, 2^32)``; they broadcast
+    against each other. Returns int64 values in ``[0, 2^32)``.
+    """
+    k = _mul32(index & MASK32, _C1)
+    k = _rotl32(k, 15)
+    k = _mul32(k, _C2)
+    h = seed ^ k
+    h = _rotl32(h, 13)
+    h = (_mul32(h, 5) + 0xE6546B64) & MASK32
+    h = h ^ (h >> 16)
+    h = _mul32(h, _FMIX1)
+    h = h ^ (h >> 13)
+    h = _mul32(h, _FMIX2)
+    return h ^ (h >> 16)
+
+
+def _seed_column(seeds: torch.Tensor | list[int], device: torch.device | str | None) -> torch.Tensor:
+    return torch.as_tensor(seeds, dtype=torch.int64, device=device).reshape(-1, 1)
+
+
+def uniform(seeds: torch.Tensor | list[int], m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``float32(hash32(i, seed)) / 2^32`` for ``i < m``: a float32 tensor of shape ``[B, m]``."""
+    seed_col = _seed_column(seeds, device)
+    index = torch.arange(m, dtype=torch.int64, device=seed_col.device).unsqueeze(0)
+    return hash32(index, seed_col).to(torch.float32) / _TWO_POW_32
+
+
+def normal(seeds: torch.Tensor | list[int], m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Box-Muller standard normals of the spec's layout: a float32 tensor of shape ``[B, m]``.
+
+    With ``p = ceil(m / 2)``, element ``j < p`` is the cosine branch of pair ``j`` and element
+    ``p + j`` the sine branch of the same pair.
+    """
+    p = math.ceil(m / 2)
+    u = uniform(seeds, 2 * p, device)
+    u1 = torch.clamp_min(u[:, :p], 1e-10)
+    u2 = u[:, p:]
+    r = torch.sqrt(-2.0 * torch.log(u1))
+    theta = (2.0 * math.pi) * u2
+    return torch.cat((r * torch.cos(theta), r * torch.sin(theta)), dim=1)[:, :m]
