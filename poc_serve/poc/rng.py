@@ -87,16 +87,32 @@ def uniform(seeds: torch.Tensor | list[int], m: int, device: torch.device | str 
     return hash32(index, seed_col).to(torch.float32) / _TWO_POW_32
 
 
-def normal(seeds: torch.Tensor | list[int], m: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Box-Muller standard normals of the spec's layout: a float32 tensor of shape ``[B, m]``.
-
-    With ``p = ceil(m / 2)``, element ``j < p`` is the cosine branch of pair ``j`` and element
-    ``p + j`` the sine branch of the same pair.
-    """
+def _box_muller(seed_col: torch.Tensor, m: int) -> torch.Tensor:
     p = math.ceil(m / 2)
-    u = uniform(seeds, 2 * p, device)
+    index = torch.arange(2 * p, dtype=torch.int64, device=seed_col.device).unsqueeze(0)
+    u = hash32(index, seed_col).to(torch.float32) / _TWO_POW_32
     u1 = torch.clamp_min(u[:, :p], 1e-10)
     u2 = u[:, p:]
     r = torch.sqrt(-2.0 * torch.log(u1))
     theta = (2.0 * math.pi) * u2
     return torch.cat((r * torch.cos(theta), r * torch.sin(theta)), dim=1)[:, :m]
+
+
+# On CUDA the ~30 elementwise passes of the hash and Box-Muller fuse into one kernel: eager int64
+# passes over a [1024, 65536] batch would move tens of GB. Compiled lazily, on first CUDA use.
+_box_muller_cuda = None
+
+
+def normal(seeds: torch.Tensor | list[int], m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Box-Muller standard normals of the spec's layout: a float32 tensor of shape ``[B, m]``.
+
+    With ``p = ceil(m / 2)``, element ``j < p`` is the cosine branch of pair ``j`` and element
+    ``p + j`` the sine branch of the same pair. On CUDA devices the computation is compiled.
+    """
+    global _box_muller_cuda
+    seed_col = _seed_column(seeds, device)
+    if seed_col.device.type != "cuda":
+        return _box_muller(seed_col, m)
+    if _box_muller_cuda is None:
+        _box_muller_cuda = torch.compile(_box_muller, dynamic=False)
+    return _box_muller_cuda(seed_col, m)

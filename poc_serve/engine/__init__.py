@@ -1,0 +1,1 @@
+"""vLLM side of poc_serve: worker extension, forward pass, engine wrapper and its config."""

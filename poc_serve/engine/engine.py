@@ -1,0 +1,115 @@
+"""PoC engine: a vLLM ``AsyncLLM`` with the PoC worker extension, behind a small async API."""
+
+from __future__ import annotations
+
+import logging
+
+from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
+from poc_serve.engine.protocol import PoCBatchResult, PoCRound
+from poc_serve.models.tiny import resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+class SeqLenError(ValueError):
+    """A round asks for a longer sequence than the engine was built for."""
+
+
+class PoCEngine:
+    """One vLLM engine computing PoC distances on all of its workers (and serving inference).
+
+    Every PoC forward has the same batch size for a given ``seq_len`` (the last chunk is padded
+    with copies of its last nonce), so a nonce's distance never depends on the request it came in.
+    """
+
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.llm = None
+        self.max_model_len = config.max_model_len
+        self.hidden_size: int | None = None
+
+    def _engine_args(self):
+        from poc_serve.engine.vllm_compat import AsyncEngineArgs
+
+        cfg = self.config
+        backend = cfg.distributed_executor_backend
+        if backend is None:
+            parallel = cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1
+            backend = "mp" if _on_cpu() else ("ray" if parallel else None)
+        return AsyncEngineArgs(
+            model=resolve_model(cfg.model),
+            dtype=cfg.dtype,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+            pipeline_parallel_size=cfg.pipeline_parallel_size,
+            distributed_executor_backend=backend,
+            max_model_len=cfg.max_model_len,
+            max_num_batched_tokens=cfg.max_num_batched_tokens,
+            gpu_memory_utilization=cfg.gpu_memory_utilization,
+            seed=cfg.seed,
+            enforce_eager=cfg.enforce_eager,
+            skip_tokenizer_init=cfg.skip_tokenizer_init,
+            worker_extension_cls=WORKER_EXTENSION,
+            **cfg.engine_kwargs,
+        )
+
+    def start(self) -> None:
+        """Build the vLLM engine (loads the model; minutes on first use)."""
+        from poc_serve.engine.vllm_compat import AsyncLLM
+
+        self.llm = AsyncLLM.from_engine_args(self._engine_args())
+        self.max_model_len = self.llm.model_config.max_model_len
+        self.hidden_size = self.llm.model_config.get_hidden_size()
+
+    def batch_size(self, seq_len: int) -> int:
+        """Nonces per forward at ``seq_len``."""
+        return self.config.poc_batch_size(seq_len)
+
+    def check_seq_len(self, seq_len: int) -> None:
+        """Raise :class:`SeqLenError` when ``seq_len`` does not fit the engine."""
+        if not 1 <= seq_len <= self.max_model_len:
+            raise SeqLenError(f"seq_len must be between 1 and the engine's max_model_len "
+                              f"({self.max_model_len}), got {seq_len}")
+
+    async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
+        """Distances of ``nonces`` for ``round``, in fixed-size forwards."""
+        self.check_seq_len(round.seq_len)
+        size = self.batch_size(round.seq_len)
+        distances: list[float] = []
+        hidden: list[list[float]] = []
+        for start in range(0, len(nonces), size):
+            chunk = nonces[start:start + size]
+            padded = chunk + [chunk[-1]] * (size - len(chunk))
+            out = await self._forward(round, padded, return_hidden)
+            distances += out["distances"][:len(chunk)]
+            if return_hidden:
+                hidden += out["hidden"][:len(chunk)]
+        return PoCBatchResult(nonces=list(nonces), distances=distances, hidden=hidden if return_hidden else None)
+
+    async def _forward(self, round: PoCRound, nonces: list[int], return_hidden: bool) -> dict:
+        results = await self.llm.collective_rpc(
+            "poc_compute", timeout=self.config.rpc_timeout_s,
+            kwargs=dict(block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
+                        randomization=round.randomization, nonces=nonces, return_hidden=return_hidden))
+        # Only the last pipeline stage answers; its tensor-parallel ranks give equal answers.
+        answers = [r for r in results if r is not None]
+        if not answers:
+            raise RuntimeError("no worker of the last pipeline stage returned PoC results")
+        return answers[-1]
+
+    async def check_health(self) -> None:
+        """Raise if the engine core is dead."""
+        if self.llm is None:
+            raise RuntimeError("engine not started")
+        await self.llm.check_health()
+
+    def shutdown(self) -> None:
+        """Stop the engine core and its workers."""
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()

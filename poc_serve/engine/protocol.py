@@ -1,0 +1,53 @@
+"""What the engine layer exchanges with its callers: a round's parameters and a batch's results.
+
+Kept free of vLLM imports so that Serve deployments and tests can use these types (and swap in
+another engine implementing :class:`PoCEngineProtocol`) without loading vLLM.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from poc_serve.poc import Randomization
+
+
+class PoCRound(BaseModel):
+    """The parameters that define every nonce's computation in a round (spec section 2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block_hash: str = Field(min_length=1, description="Block hash the round is seeded with, used byte for byte.")
+    public_key: str = Field(min_length=1, description="Public key of the node whose nonces are computed.")
+    seq_len: int = Field(ge=1, description="Input sequence length S of every nonce.")
+    randomization: Randomization = Field("sign_flips", description="Randomisation mode of spec section 2 step 3.")
+
+
+class PoCBatchResult(BaseModel):
+    """Distances of a batch of nonces, in the order they were asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nonces: list[int] = Field(description="The nonces, as asked for.")
+    distances: list[float] = Field(description="Distance of each nonce, in [0, 2].")
+    hidden: list[list[float]] | None = Field(
+        None, description="Final-norm hidden state at the last position per nonce (only when asked).")
+
+
+class PoCEngineProtocol(Protocol):
+    """What the Serve layer needs from an engine; tests may inject another implementation."""
+
+    max_model_len: int
+
+    async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
+        """Distances of ``nonces`` for ``round``."""
+        ...
+
+    async def check_health(self) -> None:
+        """Raise if the engine cannot serve."""
+        ...
+
+    def shutdown(self) -> None:
+        """Release the engine's processes and devices."""
+        ...
