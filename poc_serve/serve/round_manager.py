@@ -1,0 +1,288 @@
+"""The PoC round: state machine, generation loop over engine replicas, statistics, validation.
+
+Knows nothing of HTTP or Ray: it computes through an injected ``compute`` coroutine (in the
+service, a call to the engine deployment's handle) so that tests can drive it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Awaitable, Callable
+
+from poc_serve.engine.protocol import PoCRound
+from poc_serve.poc import NonceSequence, judge
+from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.metrics import PoCMetrics
+from poc_serve.serve.protocol import PoCInitRequest, PoCStatus, ProofBatch, State, ValidatedBatch, ValidationStats
+
+logger = logging.getLogger("poc_serve")
+
+ComputeFn = Callable[[PoCRound, list[int]], Awaitable[list[float]]]
+# After a failed batch (replica died, restarting) wait before handing batches out again.
+_RETRY_DELAY_S = 1.0
+
+
+class RoundError(Exception):
+    """A request that the round's state does not allow; ``status_code`` is the HTTP answer."""
+
+    def __init__(self, status_code: int, message: str):
+        super().__init__(message)
+        self.status_code = status_code
+
+
+@dataclass
+class GenerationStats:
+    """Generation counters of one round."""
+
+    checked: int = 0
+    valid_nonces: list[int] = field(default_factory=list)
+    valid_distances: list[float] = field(default_factory=list)
+    generating_seconds: float = 0.0
+    generating_since: float | None = None
+
+    def elapsed(self) -> float:
+        running = time.monotonic() - self.generating_since if self.generating_since is not None else 0.0
+        return self.generating_seconds + running
+
+
+class RoundManager:
+    """Holds the node's round and drives generation and validation.
+
+    ``batch_size(seq_len)`` gives nonces per engine call; ``batches_in_flight`` calls are kept
+    running at once (replicas x per-replica queue) so every engine replica stays busy.
+    """
+
+    def __init__(self, compute: ComputeFn, batch_size: Callable[[int], int], max_seq_len: int,
+                 batches_in_flight: int, callbacks: CallbackSender, metrics: PoCMetrics | None = None,
+                 callback_interval_s: float = 5.0, log_interval_s: float = 5.0):
+        self._compute = compute
+        self._batch_size = batch_size
+        self.max_seq_len = max_seq_len
+        self._in_flight_limit = batches_in_flight
+        self._callbacks = callbacks
+        self._metrics = metrics
+        self._callback_interval_s = callback_interval_s
+        self._log_interval_s = log_interval_s
+        self.state: State = "IDLE"
+        self.request: PoCInitRequest | None = None
+        self.gen = GenerationStats()
+        self.val = ValidationStats()
+        self.engine_ready = False
+        self._nonces: NonceSequence | None = None
+        self._unsent_nonces: list[int] = []
+        self._unsent_distances: list[float] = []
+        self._loop_task: asyncio.Task | None = None
+        self._stop_requested = asyncio.Event()
+        self._lock = asyncio.Lock()
+
+    # ---------------------------------------------------------------- control
+
+    async def init(self, req: PoCInitRequest) -> None:
+        """Set the round's config; state IDLE, counters reset. 409 while generating."""
+        async with self._lock:
+            if self.state == "GENERATING":
+                raise RoundError(409, "a round is generating: POST /stop or /phase/validate first")
+            self._configure(req, "IDLE")
+
+    async def init_generate(self, req: PoCInitRequest) -> None:
+        """Init and start generating; a repeat of the running round's config is a no-op."""
+        error = req.node_assignment_error()
+        if error:
+            raise RoundError(400, error)
+        async with self._lock:
+            if self.state == "GENERATING":
+                if self.request is not None and self.request.round_key() == req.round_key():
+                    return
+                raise RoundError(409, "another round is generating: POST /stop first to change its config")
+            self._configure(req, "IDLE")
+            self._start_generation()
+
+    async def init_validate(self, req: PoCInitRequest) -> None:
+        """Stop any generation (flushing found nonces), init, state VALIDATING."""
+        async with self._lock:
+            await self._stop_generation()
+            self._configure(req, "VALIDATING")
+
+    async def phase_generate(self) -> None:
+        """Start (or resume) generating with the stored config."""
+        async with self._lock:
+            req = self._require_round()
+            error = req.node_assignment_error()
+            if error:
+                raise RoundError(400, error)
+            if self.state != "GENERATING":
+                self._start_generation()
+
+    async def phase_validate(self) -> None:
+        """Stop generating; state VALIDATING."""
+        async with self._lock:
+            self._require_round()
+            await self._stop_generation()
+            self._set_state("VALIDATING")
+
+    async def stop(self) -> None:
+        """Stop everything; state STOPPED. Idempotent."""
+        async with self._lock:
+            await self._stop_generation()
+            self._set_state("STOPPED")
+
+    # ---------------------------------------------------------------- queries
+
+    def status(self) -> PoCStatus:
+        """The node's state and the round's results."""
+        req = self.request
+        elapsed = self.gen.elapsed()
+        rate = self.gen.checked / elapsed if elapsed > 0 else 0.0
+        round_fields = {} if req is None else dict(
+            r_target=req.r_target, block_hash=req.block_hash, block_height=req.block_height,
+            public_key=req.public_key, node_id=req.node_id, node_count=req.node_count,
+            seq_len=req.seq_len, randomization=req.randomization)
+        return PoCStatus(
+            state=self.state, is_model_initialized=self.engine_ready,
+            valid_nonces=list(self.gen.valid_nonces), valid_distances=list(self.gen.valid_distances),
+            total_checked=self.gen.checked, total_valid=len(self.gen.valid_nonces),
+            elapsed_seconds=elapsed, rate_per_second=rate, validation=self.val.model_copy(), **round_fields)
+
+    async def validate(self, batch: ProofBatch) -> ValidatedBatch:
+        """Recompute a ProofBatch with the round's parameters and judge it."""
+        req = self._require_round()
+        if batch.block_hash != req.block_hash:
+            raise RoundError(409, f"block_hash {batch.block_hash!r} is not the round's ({req.block_hash!r})")
+        round_ = PoCRound(block_hash=req.block_hash, public_key=batch.public_key, seq_len=req.seq_len,
+                          randomization=req.randomization)
+        size = self._batch_size(req.seq_len)
+        chunks = [batch.nonces[i:i + size] for i in range(0, len(batch.nonces), size)]
+        results = await asyncio.gather(*(self._compute(round_, chunk) for chunk in chunks))
+        recomputed = [d for chunk in results for d in chunk]
+        verdict = judge(batch.dist, recomputed, req.r_target, req.fraud_threshold)
+        self.val.batches += 1
+        self.val.nonces += len(batch.nonces)
+        self.val.fraud_detected += int(verdict.fraud_detected)
+        if self._metrics:
+            self._metrics.record_validation(len(batch.nonces), verdict.fraud_detected)
+        validated = ValidatedBatch(
+            **batch.model_dump(exclude={"dist", "r_target"}), received_dist=batch.dist, dist=recomputed,
+            r_target=req.r_target, fraud_threshold=req.fraud_threshold, n_invalid=verdict.n_invalid,
+            probability_honest=verdict.probability_honest, fraud_detected=verdict.fraud_detected,
+            computed_distances=recomputed)
+        if req.callback_url:
+            self._callbacks.enqueue_validated(validated.model_dump(mode="json"), req.callback_url)
+        return validated
+
+    # ---------------------------------------------------------------- internals
+
+    def _require_round(self) -> PoCInitRequest:
+        if self.request is None:
+            raise RoundError(400, "no round configured: POST /init, /init/generate or /init/validate first")
+        return self.request
+
+    def _configure(self, req: PoCInitRequest, state: State) -> None:
+        if req.seq_len > self.max_seq_len:
+            raise RoundError(400, f"seq_len {req.seq_len} exceeds the engine's max_model_len {self.max_seq_len}")
+        self.request = req
+        self.gen = GenerationStats()
+        self.val = ValidationStats()
+        self._nonces = NonceSequence(req.node_id, req.node_count) if req.has_node_assignment() else None
+        self._set_state(state)
+
+    def _set_state(self, state: State) -> None:
+        self.state = state
+        if self._metrics:
+            self._metrics.record_state(state)
+
+    def _start_generation(self) -> None:
+        req = self.request
+        if self._nonces is None:
+            self._nonces = NonceSequence(req.node_id, req.node_count)
+        self._set_state("GENERATING")
+        self.gen.generating_since = time.monotonic()
+        self._stop_requested = asyncio.Event()
+        self._loop_task = asyncio.create_task(self._generate(req, self._nonces, self.gen, self._stop_requested))
+
+    async def _stop_generation(self) -> None:
+        """Let in-flight batches finish (their nonces count), then send what was found."""
+        if self._loop_task is None:
+            return
+        self._stop_requested.set()
+        await self._loop_task
+        self._loop_task = None
+        if self.gen.generating_since is not None:
+            self.gen.generating_seconds += time.monotonic() - self.gen.generating_since
+            self.gen.generating_since = None
+        self._send_found()
+        self._log_progress()
+
+    async def _generate(self, req: PoCInitRequest, nonces: NonceSequence, stats: GenerationStats,
+                        stop: asyncio.Event) -> None:
+        round_ = PoCRound(block_hash=req.block_hash, public_key=req.public_key, seq_len=req.seq_len,
+                          randomization=req.randomization)
+        size = self._batch_size(req.seq_len)
+        in_flight: dict[asyncio.Task, list[int]] = {}
+        next_send = next_log = time.monotonic()
+        stop_wait = asyncio.create_task(stop.wait())
+        try:
+            while not stop.is_set() or in_flight:
+                while not stop.is_set() and len(in_flight) < self._in_flight_limit:
+                    batch = nonces.take(size)
+                    in_flight[asyncio.create_task(self._compute(round_, batch))] = batch
+                waiting = [*in_flight] if stop.is_set() else [*in_flight, stop_wait]
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                failed = False
+                for task in done:
+                    if task is stop_wait:
+                        continue
+                    batch = in_flight.pop(task)
+                    try:
+                        self._record(req, stats, batch, task.result())
+                    except Exception as exc:  # a replica died or timed out: hand the batch out again
+                        nonces.put_back(batch)
+                        failed = True
+                        logger.warning("PoC batch of %d nonces failed, retrying it: %r", len(batch), exc)
+                now = time.monotonic()
+                if now >= next_send:
+                    self._send_found()
+                    next_send = now + self._callback_interval_s
+                if now >= next_log:
+                    self._log_progress()
+                    next_log = now + self._log_interval_s
+                if failed and not stop.is_set():
+                    await asyncio.sleep(_RETRY_DELAY_S)
+        finally:
+            stop_wait.cancel()
+            for task, batch in in_flight.items():  # only on cancellation: keep them for a resume
+                task.cancel()
+                nonces.put_back(batch)
+
+    def _record(self, req: PoCInitRequest, stats: GenerationStats, batch: list[int], distances: list[float]) -> None:
+        found = [(n, d) for n, d in zip(batch, distances) if d < req.r_target]
+        stats.checked += len(batch)
+        for n, d in found:
+            stats.valid_nonces.append(n)
+            stats.valid_distances.append(d)
+            self._unsent_nonces.append(n)
+            self._unsent_distances.append(d)
+        if self._metrics:
+            self._metrics.record_batch(len(batch), len(found))
+
+    def _send_found(self) -> None:
+        req = self.request
+        if req is None or not self._unsent_nonces:
+            return
+        if req.callback_url:
+            self._callbacks.enqueue_generated(dict(
+                public_key=req.public_key, block_hash=req.block_hash, block_height=req.block_height,
+                nonces=self._unsent_nonces, dist=self._unsent_distances, node_id=req.node_id,
+                r_target=req.r_target), req.callback_url)
+        self._unsent_nonces, self._unsent_distances = [], []
+
+    def _log_progress(self) -> None:
+        valid, checked = len(self.gen.valid_nonces), self.gen.checked
+        minutes = max(self.gen.elapsed() / 60, 1e-9)
+        if self._metrics:
+            self._metrics.record_rate(checked / (minutes * 60))
+        one_in = f"{checked / valid:.0f}" if valid else "inf"
+        logger.info(f"Generated: {valid} / {checked} (1 in {one_in}) Time: {minutes:.2f}min "
+                    f"({valid / minutes:.2f} valid/min, {checked / minutes:.2f} raw/min)")
