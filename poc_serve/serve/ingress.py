@@ -6,10 +6,9 @@ Routes stay a few lines: parsing is the protocol models' job, logic the round ma
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -21,15 +20,16 @@ from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
 
-logger = logging.getLogger("poc_serve")
 # A version segment that a proxy in front of the node normally strips, e.g. /v3.0.8/api/v1/pow/status.
+API_PREFIX = "/api/v1/pow"
 _ENGINE_PROBE_TIMEOUT_S = 5.0
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)*(?=/api/)")
 
 
 class CallerHabitsMiddleware:
     """ASGI middleware for the network's Go client: strips a leading version segment from the
-    path and treats bodies sent without a Content-Type as JSON."""
+    path and reads every POST body of the PoC API as JSON, whatever Content-Type it came with
+    (the client sends none; curl -d sends a form type)."""
 
     def __init__(self, app):
         self.app = app
@@ -38,15 +38,15 @@ class CallerHabitsMiddleware:
         if scope["type"] == "http":
             path = _VERSION_PREFIX.sub("", scope["path"])
             headers = scope["headers"]
-            if scope["method"] == "POST" and not any(k == b"content-type" for k, _ in headers):
-                headers = [*headers, (b"content-type", b"application/json")]
+            if scope["method"] == "POST" and path.startswith(API_PREFIX):
+                headers = [(k, v) for k, v in headers if k != b"content-type"]
+                headers.append((b"content-type", b"application/json"))
             scope = {**scope, "path": path, "raw_path": path.encode(), "headers": headers}
         await self.app(scope, receive, send)
 
 
 app = FastAPI(title="poc_serve", description="Proof-of-Compute node over a vLLM engine")
 app.add_middleware(CallerHabitsMiddleware)
-router = APIRouter(prefix="/api/v1/pow")
 
 
 @app.exception_handler(RoundError)
@@ -54,67 +54,11 @@ async def _round_error(request: Request, exc: RoundError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
 
 
-def _manager(request: Request) -> RoundManager:
-    return request.app.state.manager
-
-
-def _ok(manager: RoundManager) -> ControlResponse:
-    return ControlResponse(pow_status=manager.status())
-
-
-@router.post("/init", response_model=ControlResponse)
-async def init(body: PoCInitRequest, request: Request) -> ControlResponse:
-    await _manager(request).init(body)
-    return _ok(_manager(request))
-
-
-@router.post("/init/generate", response_model=ControlResponse)
-async def init_generate(body: PoCInitRequest, request: Request) -> ControlResponse:
-    await _manager(request).init_generate(body)
-    return _ok(_manager(request))
-
-
-@router.post("/init/validate", response_model=ControlResponse)
-async def init_validate(body: PoCInitRequest, request: Request) -> ControlResponse:
-    await _manager(request).init_validate(body)
-    return _ok(_manager(request))
-
-
-@router.post("/phase/generate", response_model=ControlResponse)
-async def phase_generate(request: Request) -> ControlResponse:
-    await _manager(request).phase_generate()
-    return _ok(_manager(request))
-
-
-@router.post("/phase/validate", response_model=ControlResponse)
-async def phase_validate(request: Request) -> ControlResponse:
-    await _manager(request).phase_validate()
-    return _ok(_manager(request))
-
-
-@router.post("/stop", response_model=ControlResponse)
-async def stop(request: Request) -> ControlResponse:
-    await _manager(request).stop()
-    return _ok(_manager(request))
-
-
-@router.get("/status", response_model=PoCStatus)
-async def status(request: Request) -> PoCStatus:
-    return _manager(request).status()
-
-
-@router.post("/validate", response_model=ValidatedBatch)
-async def validate(body: ProofBatch, request: Request) -> ValidatedBatch:
-    return await _manager(request).validate(body)
-
-
-app.include_router(router)
-
-
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class PoCIngress:
-    """Holds the round and drives the engine replicas through ``engine``'s handle."""
+    """Serves the PoC API, holds the round, and drives the engine replicas through ``engine``'s
+    handle. Routes are methods (Serve's class-based ingress); the logic is the RoundManager's."""
 
     def __init__(self, engine: DeploymentHandle, args: PoCAppArgs):
         self._engine = engine
@@ -128,7 +72,47 @@ class PoCIngress:
             batches_in_flight=args.num_engine_replicas * args.batches_in_flight_per_replica,
             callbacks=self._callbacks, metrics=PoCMetrics(),
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s)
-        app.state.manager = self.manager
+
+    def _ok(self) -> ControlResponse:
+        return ControlResponse(pow_status=self.manager.status())
+
+    @app.post(f"{API_PREFIX}/init", response_model=ControlResponse)
+    async def init(self, body: PoCInitRequest) -> ControlResponse:
+        await self.manager.init(body)
+        return self._ok()
+
+    @app.post(f"{API_PREFIX}/init/generate", response_model=ControlResponse)
+    async def init_generate(self, body: PoCInitRequest) -> ControlResponse:
+        await self.manager.init_generate(body)
+        return self._ok()
+
+    @app.post(f"{API_PREFIX}/init/validate", response_model=ControlResponse)
+    async def init_validate(self, body: PoCInitRequest) -> ControlResponse:
+        await self.manager.init_validate(body)
+        return self._ok()
+
+    @app.post(f"{API_PREFIX}/phase/generate", response_model=ControlResponse)
+    async def phase_generate(self) -> ControlResponse:
+        await self.manager.phase_generate()
+        return self._ok()
+
+    @app.post(f"{API_PREFIX}/phase/validate", response_model=ControlResponse)
+    async def phase_validate(self) -> ControlResponse:
+        await self.manager.phase_validate()
+        return self._ok()
+
+    @app.post(f"{API_PREFIX}/stop", response_model=ControlResponse)
+    async def stop(self) -> ControlResponse:
+        await self.manager.stop()
+        return self._ok()
+
+    @app.get(f"{API_PREFIX}/status", response_model=PoCStatus)
+    async def status(self) -> PoCStatus:
+        return self.manager.status()
+
+    @app.post(f"{API_PREFIX}/validate", response_model=ValidatedBatch)
+    async def validate(self, body: ProofBatch) -> ValidatedBatch:
+        return await self.manager.validate(body)
 
     async def _compute(self, round: PoCRound, nonces: list[int]) -> list[float]:
         distances = await self._engine.compute.remote(round.model_dump(), nonces)

@@ -18,7 +18,8 @@ from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.protocol import PoCInitRequest, PoCStatus, ProofBatch, State, ValidatedBatch, ValidationStats
 
-logger = logging.getLogger("poc_serve")
+# A child of Serve's logger, so the progress line lands in the replica log and the dashboard.
+logger = logging.getLogger("ray.serve.poc_serve")
 
 ComputeFn = Callable[[PoCRound, list[int]], Awaitable[list[float]]]
 # After a failed batch (replica died, restarting) wait before handing batches out again.
