@@ -110,6 +110,10 @@ def phase_engine(a):
     from poc_serve.engine.protocol import PoCRound
     kwargs = json.loads(a.engine_kwargs)
     label = kwargs.pop("label", "default")
+    profile = kwargs.pop("profile", False)
+    # Env vars for this engine (e.g. POC_EXPAND_KV_HEADS, or VLLM_ENABLE_V1_MULTIPROCESSING=0 with
+    # the "uni" executor, which runs the worker in this process so the profiler sees its kernels).
+    os.environ.update(kwargs.pop("env", {}))
     cfg = EngineConfig(model=a.model_dir, max_num_batched_tokens=65536, max_model_len=2048,
                        skip_tokenizer_init=True, **kwargs)
     t = time.time()
@@ -143,6 +147,16 @@ def phase_engine(a):
             x = await eng.compute(round_, [1003, 1005])
             y = await eng.compute(round_, list(range(1000, 1010)))
             res[f"batch_independent_{seq_len}"] = x.distances == [y.distances[3], y.distances[5]]
+        if profile:
+            from torch.profiler import ProfilerActivity
+            round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=64)
+            with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                await eng.compute(round_, list(range(eng.batch_size(64))))
+                torch.cuda.synchronize()
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+            with open(os.path.join(OUT, f"profile_{label}.txt"), "w") as f:
+                f.write(table)
+            print(table)
         return res
 
     emit(asyncio.run(run()))

@@ -1,0 +1,137 @@
+"""Throughput and correctness of poc_serve on GPUs, in one run: the transformers baseline, the
+engine's PoC call directly, and the whole service (Ray Serve + vLLM's Ray executor) per layout.
+
+    python benchmarks/throughput.py --phases model,reference,baseline,engine,service \\
+        --layouts tp1,rep2,tp2,pp2 --bench-layouts tp1,rep2
+
+Results: `RESULT {json}` lines, also appended to $OUT/*.jsonl; a summary with ratios at the end.
+Layouts need 1 (tp1) or 2 (rep2, tp2, pp2) GPUs. Skips (exit 0) without CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from engine_gpu import BH, CHECK_NONCES, OUT, PK, ROOT, emit  # noqa: E402
+
+LAYOUTS = {
+    "tp1": dict(num_engine_replicas=1, engine=dict(tensor_parallel_size=1)),
+    "rep2": dict(num_engine_replicas=2, engine=dict(tensor_parallel_size=1)),
+    "tp2": dict(num_engine_replicas=1, engine=dict(tensor_parallel_size=2)),
+    "pp2": dict(num_engine_replicas=1, engine=dict(pipeline_parallel_size=2)),
+}
+R10 = 1.40417
+
+
+def app_args(model_dir: str, layout: str) -> dict:
+    lay = json.loads(json.dumps(LAYOUTS[layout]))
+    engine = dict(max_model_len=2048, max_num_batched_tokens=65536, enforce_eager=True,
+                  skip_tokenizer_init=True, **lay.pop("engine"))
+    return dict(model=model_dir, accelerator="gpu", engine=engine,
+                engine_env={"VLLM_USE_FLASHINFER_SAMPLER": "0"}, **lay)
+
+
+def generation_rate(client, seq_len: int, warmup_s: float, measure_s: float) -> float:
+    """Nonces/s of a generating round from /status, after a warm-up."""
+    client.post("/init/generate", json=dict(block_hash=f"bench_{seq_len}", block_height=1, public_key=PK,
+                                            r_target=R10, node_id=0, node_count=1, seq_len=seq_len))
+    time.sleep(warmup_s)
+    a = client.get("/status").json()
+    time.sleep(measure_s)
+    b = client.get("/status").json()
+    client.post("/stop")
+    return (b["total_checked"] - a["total_checked"]) / (b["elapsed_seconds"] - a["elapsed_seconds"])
+
+
+def run_service(a) -> None:
+    import httpx
+    import ray
+    import torch
+    from ray import serve
+
+    from poc_serve.app import build_app
+
+    ref = torch.load(os.path.join(a.model_dir, "reference.pt"))
+    ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    client = httpx.Client(base_url="http://127.0.0.1:8000/api/v1/pow", timeout=300)
+    for layout in a.layouts.split(","):
+        res = {"phase": "service", "layout": layout}
+        t = time.time()
+        serve.run(build_app(app_args(a.model_dir, layout)), name="poc", route_prefix="/")
+        res["start_s"] = round(time.time() - t, 1)
+        for mode in ("sign_flips", "layer_hooks"):
+            client.post("/init/validate", json=dict(block_hash=BH, block_height=1, public_key=PK, r_target=R10,
+                                                    seq_len=64, randomization=mode))
+            out = client.post("/validate", json=dict(block_hash=BH, block_height=1, public_key=PK,
+                                                     nonces=CHECK_NONCES, dist=[0.0] * len(CHECK_NONCES))).json()
+            err = (torch.tensor(out["dist"]) - ref[f"64_{mode}"]["dist"]).abs()
+            res[f"check_64_{mode}"] = {"max_dist_err": float(err.max()), "mean_dist_err": float(err.mean())}
+            res[f"dist_64_{mode}"] = out["dist"][:8]
+        body = dict(block_hash=BH, block_height=1, public_key=PK, nonces=list(range(200)), dist=[0.0] * 200)
+        client.post("/validate", json=body)
+        t = time.time()
+        client.post("/validate", json=body)
+        res["validate_200_s"] = round(time.time() - t, 3)
+        if layout in a.bench_layouts.split(","):
+            for seq_len in (64, 256):
+                res[f"rate_{seq_len}"] = round(generation_rate(client, seq_len, a.warmup_s, a.measure_s), 1)
+        emit(res)
+        serve.delete("poc")
+    serve.shutdown()
+    ray.shutdown()
+
+
+def summary() -> None:
+    rows = [json.loads(line) for path in glob.glob(os.path.join(OUT, "*.jsonl")) for line in open(path)]
+    base = {r["seq_len"]: r["nonces_per_s"] for r in rows if r["phase"] == "baseline"}
+    print("\nSUMMARY (nonces/s; ratio to the transformers baseline)")
+    for r in rows:
+        if r["phase"] in ("engine", "service"):
+            name = r.get("label") or r.get("layout")
+            for s in (64, 256):
+                if f"rate_{s}" in r and s in base:
+                    print(f"  {r['phase']:8s} {name:22s} seq_len {s:3d}: {r[f'rate_{s}']:9.1f}  x{r[f'rate_{s}'] / base[s]:.2f}")
+    for s, v in sorted(base.items()):
+        print(f"  baseline transformers       seq_len {s:3d}: {v:9.1f}")
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--phases", default="model,reference,baseline,engine,service")
+    p.add_argument("--layouts", default="tp1")
+    p.add_argument("--bench-layouts", default="tp1")
+    p.add_argument("--engine-kwargs", default='[{"label": "eager", "enforce_eager": true}]')
+    p.add_argument("--model-dir", default="/tmp/poc_qwen3_0.6b")
+    p.add_argument("--warmup-s", type=float, default=8)
+    p.add_argument("--measure-s", type=float, default=15)
+    p.add_argument("--service-only", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.service_only:
+        return run_service(a)
+    import torch
+    if not torch.cuda.is_available():
+        print("SKIP: no CUDA device")
+        return
+    env = dict(os.environ, PYTHONPATH=ROOT + ":" + os.environ.get("PYTHONPATH", ""))
+    engine_phases = [ph for ph in a.phases.split(",") if ph != "service"]
+    if engine_phases:
+        subprocess.run([sys.executable, os.path.join(HERE, "engine_gpu.py"), "--phases", ",".join(engine_phases),
+                        "--model-dir", a.model_dir, "--engine-kwargs", a.engine_kwargs], env=env)
+    if "service" in a.phases.split(","):
+        subprocess.run([sys.executable, __file__, "--service-only", "--layouts", a.layouts, "--bench-layouts",
+                        a.bench_layouts, "--model-dir", a.model_dir, "--warmup-s", str(a.warmup_s),
+                        "--measure-s", str(a.measure_s)], env=env)
+    summary()
+
+
+if __name__ == "__main__":
+    main()

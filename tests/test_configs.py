@@ -1,0 +1,53 @@
+"""Config files and application arguments: every key must be one Serve or poc_serve knows."""
+
+import glob
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from poc_serve.app import engine_deployment_options
+from poc_serve.serve.config import PoCAppArgs
+from poc_serve.serve.config_check import check_serve_config
+
+CONFIGS = ["serve_config.yaml", *sorted(glob.glob("deploy/serve_config*.yaml"))]
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_shipped_serve_configs_are_strictly_valid(path):
+    with open(path) as f:
+        assert check_serve_config(yaml.safe_load(f)) == []
+
+
+def test_checker_finds_misspelt_keys_everywhere():
+    config = {"http_option": {}, "applications": [{
+        "name": "poc", "import_path": "poc_serve.app:build_app", "num_replica": 2,
+        "deployments": [{"name": "PoCIngress", "ray_actor_options": {"num_cpu": 1}}],
+        "args": {"modle": "x", "engine": {"tensor_parallel": 2}}}]}
+    errors = "\n".join(check_serve_config(config))
+    for key in ("http_option", "num_replica", "num_cpu", "modle", "tensor_parallel"):
+        assert key in errors
+
+
+def test_model_is_a_top_level_key():
+    args = PoCAppArgs(model="/models/x", engine={"tensor_parallel_size": 2})
+    assert args.engine.model == "/models/x"
+    with pytest.raises(ValidationError, match="top-level key"):
+        PoCAppArgs(engine={"model": "y"})
+
+
+def test_gpu_engine_replicas_reserve_their_gpus_in_a_placement_group():
+    args = PoCAppArgs(accelerator="gpu", num_engine_replicas=3, engine_resources={"poc_gpu_node": 1},
+                      engine={"tensor_parallel_size": 2, "pipeline_parallel_size": 2})
+    opts = engine_deployment_options(args)
+    assert opts["num_replicas"] == 3
+    assert opts["ray_actor_options"]["num_gpus"] == 0
+    assert opts["placement_group_bundles"] == [{"CPU": 1, "GPU": 1, "poc_gpu_node": 1}] + [{"GPU": 1}] * 3
+    assert opts["placement_group_strategy"] == "STRICT_PACK"
+
+
+def test_cpu_engine_replicas_take_a_cpu_and_custom_resources():
+    opts = engine_deployment_options(PoCAppArgs(engine_resources={"worker": 1}))
+    assert "placement_group_bundles" not in opts
+    assert opts["ray_actor_options"]["resources"] == {"worker": 1}
+    assert opts["ray_actor_options"]["num_cpus"] == 1
