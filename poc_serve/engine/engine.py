@@ -35,7 +35,7 @@ class PoCEngine:
         backend = cfg.distributed_executor_backend
         if backend is None:
             parallel = cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1
-            backend = "mp" if _on_cpu() else ("ray" if parallel else None)
+            backend = "mp" if _on_cpu() else "ray"
         return AsyncEngineArgs(
             model=resolve_model(cfg.model),
             dtype=cfg.dtype,
