@@ -4,7 +4,7 @@ import asyncio
 import logging
 
 import pytest
-from receiver import CallbackReceiver
+from tests.receiver import CallbackReceiver
 
 from poc_serve.serve.callbacks import CallbackSender
 

@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+import openai
 import pytest
 import ray
 from ray import serve
@@ -110,6 +111,83 @@ def test_go_client_habits(client):
     assert raw.json()["pow_status"]["block_hash"] == ROUND["block_hash"]
     assert httpx.post(f"{base}/v1/api/v1/pow/stop", timeout=30).json()["pow_status"]["state"] == "STOPPED"
     assert httpx.get(f"{base}/v3.0.8/api/v1/pow/status", timeout=30).json()["state"] == "STOPPED"
+
+
+def _openai(client):
+    base = str(client.base_url).rstrip("/").removesuffix("/api/v1/pow")
+    return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+def test_inference_when_idle_streamed_and_not(client):
+    oai = _openai(client)
+    assert [m.id for m in oai.models.list().data] == ["poc-tiny-qwen3"]
+    done = oai.completions.create(model="poc-tiny-qwen3", prompt="Hello, how are", max_tokens=6, temperature=0)
+    assert done.object == "text_completion" and done.choices[0].finish_reason in ("length", "stop")
+    assert done.usage.completion_tokens >= 1 and done.usage.prompt_tokens >= 1
+    parts = list(oai.completions.create(model="poc-tiny-qwen3", prompt="Hello, how are", max_tokens=6,
+                                        temperature=0, stream=True))
+    assert len(parts) >= 2 and parts[-1].choices[0].finish_reason in ("length", "stop")
+    chat = oai.chat.completions.create(model="poc-tiny-qwen3", max_tokens=5, temperature=0,
+                                       messages=[{"role": "user", "content": "Hello"}])
+    assert chat.object == "chat.completion" and chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens >= 1
+    stream = list(oai.chat.completions.create(model="poc-tiny-qwen3", max_tokens=5, stream=True,
+                                              messages=[{"role": "user", "content": "Hello"}]))
+    assert stream[0].object == "chat.completion.chunk" and stream[-1].choices[0].finish_reason is not None
+
+
+@pytest.mark.parametrize("path,body,code", [
+    ("/v1/completions", {"model": "poc-tiny-qwen3"}, 422),
+    ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": "x", "max_tokens": -1}, 422),
+    ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": "x", "n": 2}, 422),
+    ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": ""}, 422),
+    ("/v1/completions", {"model": "other", "prompt": "x"}, 404),
+    ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": list(range(1, 400))}, 400),
+    ("/v1/chat/completions", {"model": "poc-tiny-qwen3", "messages": []}, 422),
+    ("/v1/chat/completions", {"model": "poc-tiny-qwen3", "messages": [{"role": "robot", "content": "x"}]}, 422),
+])
+def test_malformed_inference_requests_get_4xx(client, path, body, code):
+    base = str(client.base_url).rstrip("/").removesuffix("/api/v1/pow")
+    r = httpx.post(base + path, json=body, timeout=60)
+    assert r.status_code == code, r.text
+    assert httpx.post(base + path, content=b"{not json", timeout=60,
+                      headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_inference_blocked_while_generating_and_back_after_stop(client):
+    oai = _openai(client)
+    _post(client, "/init/generate", {**ROUND, "r_target": 1.4, "node_id": 0, "node_count": 1})
+    try:
+        with pytest.raises(openai.APIStatusError) as err:
+            oai.completions.create(model="poc-tiny-qwen3", prompt="Hi", max_tokens=2)
+        assert err.value.status_code == 503
+        assert int(err.value.response.headers["retry-after"]) > 0
+        assert "Proof-of-Compute is running" in err.value.response.json()["error"]["message"]
+    finally:
+        _post(client, "/stop")
+    assert oai.completions.create(model="poc-tiny-qwen3", prompt="Hi", max_tokens=2).usage.completion_tokens >= 1
+
+
+def test_distances_do_not_depend_on_inference_traffic(client):
+    """A generation round started while a long streamed completion runs finds the same distances
+    as a validation with no inference traffic at all."""
+    oai = _openai(client)
+    body = {**ROUND, "r_target": 2.0, "node_id": 0, "node_count": 1, "block_hash": "traffic_block"}
+    stream = oai.completions.create(model="poc-tiny-qwen3", prompt="Proof of compute", max_tokens=200,
+                                    temperature=1.0, stream=True)
+    first = next(iter(stream))  # the completion is running in the engine
+    assert first.choices
+    _post(client, "/init/generate", body)
+    st = _wait_checked(client, 64)
+    _post(client, "/stop")
+    tail = list(stream)  # the running completion was finished, not aborted
+    assert tail and tail[-1].choices[0].finish_reason is not None
+    st = client.get("/status").json()
+    nonces, dists = st["valid_nonces"][:64], st["valid_distances"][:64]
+    _post(client, "/init/validate", {**body, "r_target": 2.0})
+    proof = dict(public_key=ROUND["public_key"], block_hash="traffic_block", block_height=7, nonces=nonces, dist=dists)
+    assert _post(client, "/validate", proof)["dist"] == dists
+    _post(client, "/stop")
 
 
 def test_generation_round_loses_no_nonce_through_a_receiver_outage(client, receiver):

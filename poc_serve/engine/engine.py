@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, AsyncIterator
 
 from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
 from poc_serve.engine.protocol import PoCBatchResult, PoCRound
@@ -27,6 +28,8 @@ class PoCEngine:
         self.llm = None
         self.max_model_len = config.max_model_len
         self.hidden_size: int | None = None
+        self.model_path = resolve_model(config.model)
+        self._tokenizer = None
 
     def _engine_args(self):
         from poc_serve.engine.vllm_compat import AsyncEngineArgs
@@ -37,7 +40,7 @@ class PoCEngine:
             parallel = cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1
             backend = "mp" if _on_cpu() else "ray"
         return AsyncEngineArgs(
-            model=resolve_model(cfg.model),
+            model=self.model_path,
             dtype=cfg.dtype,
             tensor_parallel_size=cfg.tensor_parallel_size,
             pipeline_parallel_size=cfg.pipeline_parallel_size,
@@ -95,6 +98,31 @@ class PoCEngine:
         if not answers:
             raise RuntimeError("no worker of the last pipeline stage returned PoC results")
         return answers[-1]
+
+    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
+        """Render chat ``messages`` with the model's chat template (ready for the assistant's turn)."""
+        if self._tokenizer is None:
+            from transformers import AutoTokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if not self._tokenizer.chat_template:
+            raise ValueError(f"the model {self.config.model!r} has no chat template")
+        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    async def generate(self, prompt: str | list[int], sampling: dict[str, Any],
+                       request_id: str) -> AsyncIterator[dict[str, Any]]:
+        """Generate for one prompt (text or token ids), yielding the new text of each step:
+        ``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
+        from poc_serve.engine.vllm_compat import SamplingParams
+
+        request = {"prompt_token_ids": prompt} if isinstance(prompt, list) else {"prompt": prompt}
+        sent_text, sent_tokens = 0, 0
+        async for out in self.llm.generate(request, SamplingParams(**sampling), request_id=request_id):
+            completion = out.outputs[0]
+            yield {"text": completion.text[sent_text:], "token_ids": list(completion.token_ids[sent_tokens:]),
+                   "finish_reason": completion.finish_reason, "prompt_tokens": len(out.prompt_token_ids or []),
+                   "completion_tokens": len(completion.token_ids)}
+            sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
 
     async def check_health(self) -> None:
         """Raise if the engine core is dead."""

@@ -6,7 +6,7 @@ another engine implementing :class:`PoCEngineProtocol`) without loading vLLM.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import AsyncIterator, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,14 @@ class PoCEngineProtocol(Protocol):
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
         """Distances of ``nonces`` for ``round``."""
+        ...
+
+    def chat_prompt(self, messages: list[dict]) -> str:
+        """Chat messages rendered with the model's chat template."""
+        ...
+
+    def generate(self, prompt: str | list[int], sampling: dict, request_id: str) -> AsyncIterator[dict]:
+        """Stream the new text of each generation step."""
         ...
 
     async def check_health(self) -> None:

@@ -12,11 +12,19 @@ import torch
 from torch import nn
 from vllm.distributed.parallel_state import get_pp_group, get_tp_group
 from vllm.engine.arg_utils import AsyncEngineArgs
+from vllm.sampling_params import SamplingParams
 from vllm.sequence import IntermediateTensors
 from vllm.v1.engine.async_llm import AsyncLLM
 
+try:  # vLLM >= 0.3x raises its own client errors for bad requests; older versions raise ValueError
+    from vllm.exceptions import VLLMClientError
+
+    REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, VLLMClientError)
+except ImportError:  # pragma: no cover - depends on the installed vLLM
+    REQUEST_ERRORS = (ValueError, TypeError)
+
 __all__ = [
-    "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "attention_modules", "decoder_layers",
+    "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "REQUEST_ERRORS", "SamplingParams", "attention_modules", "decoder_layers",
     "decoder_stack", "get_pp_group", "get_tp_group", "worker_model",
 ]
 

@@ -30,7 +30,18 @@ BUILTIN_MODELS: dict[str, tuple[Architecture, str]] = {
     "poc-tiny-llama": ("llama", "tiny"),
     "poc-qwen3-0.6b-random": ("qwen3", "qwen3-0.6b-shape"),
 }
-_DONE_MARKER = "poc_serve_built.json"
+# Bumped whenever what a built-in checkpoint contains changes, so caches are rebuilt.
+_DONE_MARKER = "poc_serve_built_v2.json"
+# A small corpus for the built-in byte-level BPE tokenizer (no download needed).
+_TOKENIZER_CORPUS = (
+    "The quick brown fox jumps over the lazy dog. Proof of compute nodes check nonces and report "
+    "those whose output lands near the target. Hello, how are you today? I am fine, thank you. "
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 10 100 1000. Validators recompute samples and flag fraud."
+)
+_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
 
 
 def build_random_checkpoint(path: str | Path, architecture: Architecture = "qwen3", shape: str = "tiny",
@@ -49,8 +60,28 @@ def build_random_checkpoint(path: str | Path, architecture: Architecture = "qwen
     model = model_cls(config).to(dtype)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
+    build_tokenizer(path, config.vocab_size)
     (path / _DONE_MARKER).write_text(json.dumps({"architecture": architecture, "shape": shape, "seed": seed}))
     return path
+
+
+def build_tokenizer(path: str | Path, max_vocab: int) -> None:
+    """Train a byte-level BPE tokenizer with a ChatML chat template on a built-in corpus and save
+    it beside the checkpoint, so completions and chat work without a model hub."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=min(max_vocab, 1024), special_tokens=special, show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_TOKENIZER_CORPUS] * 20, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   bos_token=None, unk_token=None)
+    fast.chat_template = _CHAT_TEMPLATE
+    fast.save_pretrained(path)
 
 
 def default_cache_dir() -> Path:

@@ -48,6 +48,11 @@ class PoCAppArgs(BaseModel):
     max_pending_callback_nonces: int = Field(
         1_000_000, ge=1, description="Most undelivered valid nonces kept for callbacks (oldest dropped beyond).")
 
+    served_model_name: str | None = Field(None, description="Model name of the OpenAI API (default: `model`).")
+    allow_inference_during_validation: bool = Field(
+        False, description="Accept inference requests while the round is VALIDATING (never while GENERATING).")
+    inference_retry_after_s: int = Field(30, ge=1, description="Retry-After of the 503 answered while PoC runs.")
+
     @model_validator(mode="before")
     @classmethod
     def _model_into_engine(cls, data: Any) -> Any:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import AsyncIterator, Callable
 
 from ray import serve
 
@@ -30,6 +30,21 @@ class PoCEngineDeployment:
         """Distances of ``nonces`` for ``round`` (a :class:`PoCRound` as a dict)."""
         result = await self.engine.compute(PoCRound(**round), nonces)
         return result.distances
+
+    async def generate(self, request: dict) -> AsyncIterator[dict]:
+        """Stream one inference request: ``{"prompt" | "messages", "sampling", "request_id"}``.
+        Bad requests (prompt too long, bad sampling values) yield one ``{"error": ...}`` chunk so
+        the ingress can answer 400 instead of failing the stream."""
+        from poc_serve.engine.vllm_compat import REQUEST_ERRORS
+
+        try:
+            prompt = request.get("prompt")
+            if prompt is None:
+                prompt = self.engine.chat_prompt(request["messages"])
+            async for chunk in self.engine.generate(prompt, request["sampling"], request["request_id"]):
+                yield chunk
+        except REQUEST_ERRORS as exc:
+            yield {"error": str(exc)}
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) when the engine is dead."""

@@ -16,7 +16,9 @@ from ray.serve.handle import DeploymentHandle
 from poc_serve.engine.protocol import PoCRound
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.config import PoCAppArgs
+from poc_serve.serve.inference import InferenceService
 from poc_serve.serve.metrics import PoCMetrics
+from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
 
@@ -72,6 +74,17 @@ class PoCIngress:
             batches_in_flight=args.num_engine_replicas * args.batches_in_flight_per_replica,
             callbacks=self._callbacks, metrics=PoCMetrics(),
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s)
+        self._allow_during_validation = args.allow_inference_during_validation
+        self.inference = InferenceService(
+            generate=lambda request: self._engine.options(stream=True).generate.remote(request),
+            model_name=args.served_model_name or args.model, busy_reason=self._inference_busy_reason,
+            retry_after_s=args.inference_retry_after_s)
+
+    def _inference_busy_reason(self) -> str | None:
+        state = self.manager.state
+        if state == "GENERATING" or (state == "VALIDATING" and not self._allow_during_validation):
+            return f"Proof-of-Compute is running (state {state}); inference resumes after POST {API_PREFIX}/stop"
+        return None
 
     def _ok(self) -> ControlResponse:
         return ControlResponse(pow_status=self.manager.status())
@@ -113,6 +126,18 @@ class PoCIngress:
     @app.post(f"{API_PREFIX}/validate", response_model=ValidatedBatch)
     async def validate(self, body: ProofBatch) -> ValidatedBatch:
         return await self.manager.validate(body)
+
+    @app.get("/v1/models")
+    async def models(self) -> dict:
+        return self.inference.models()
+
+    @app.post("/v1/completions")
+    async def completions(self, body: CompletionRequest):
+        return await self.inference.completion(body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(self, body: ChatCompletionRequest):
+        return await self.inference.chat(body)
 
     async def _compute(self, round: PoCRound, nonces: list[int]) -> list[float]:
         distances = await self._engine.compute.remote(round.model_dump(), nonces)

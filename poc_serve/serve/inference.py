@@ -1,0 +1,93 @@
+"""OpenAI-compatible inference over the engine replicas, blocked while a PoC round runs.
+
+The engine is shared with PoC: while the round is GENERATING (or VALIDATING, unless allowed) new
+requests get 503 with Retry-After. Requests already running when a round starts are finished, not
+aborted: PoC batches and inference steps interleave in the engine, and PoC results do not depend
+on them (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable
+
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest
+
+# Streams one request's chunks from an engine replica: (request dict) -> async iterator of dicts.
+GenerateFn = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
+
+
+class InferenceService:
+    """Turns OpenAI requests into engine calls and engine chunks into OpenAI responses."""
+
+    def __init__(self, generate: GenerateFn, model_name: str, busy_reason: Callable[[], str | None],
+                 retry_after_s: int):
+        self._generate = generate
+        self.model_name = model_name
+        self._busy_reason = busy_reason
+        self._retry_after_s = retry_after_s
+
+    def models(self) -> dict[str, Any]:
+        """GET /v1/models."""
+        return {"object": "list", "data": [
+            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "poc_serve"}]}
+
+    async def completion(self, req: CompletionRequest):
+        """POST /v1/completions."""
+        return await self._run(req, {"prompt": req.prompt}, "cmpl", "text_completion",
+                               lambda text: {"text": text}, lambda text: {"text": text})
+
+    async def chat(self, req: ChatCompletionRequest):
+        """POST /v1/chat/completions."""
+        messages = [m.model_dump() for m in req.messages]
+        return await self._run(req, {"messages": messages}, "chatcmpl", "chat.completion",
+                               lambda text: {"message": {"role": "assistant", "content": text}},
+                               lambda text: {"delta": {"role": "assistant", "content": text}})
+
+    async def _run(self, req, prompt: dict, id_prefix: str, kind: str, whole, delta):
+        busy = self._busy_reason()
+        if busy:
+            return JSONResponse(status_code=503, headers={"Retry-After": str(self._retry_after_s)},
+                                content={"error": {"message": busy, "type": "poc_running", "code": 503}})
+        if req.model != self.model_name:
+            raise HTTPException(404, f"model {req.model!r} is not served here; GET /v1/models lists {self.model_name!r}")
+        request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+        chunks = self._generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
+        first = await anext(chunks)  # errors (prompt too long, ...) surface before any byte is sent
+        if "error" in first:
+            raise HTTPException(400, first["error"])
+        head = {"id": request_id, "created": int(time.time()), "model": self.model_name}
+        if req.stream:
+            return StreamingResponse(self._stream(first, chunks, head, kind + ".chunk" if kind.startswith("chat")
+                                                  else kind, delta), media_type="text/event-stream")
+        text, last = first["text"], first
+        async for chunk in chunks:
+            text, last = text + chunk["text"], chunk
+        return {**head, "object": kind, "choices": [{"index": 0, **whole(text), "finish_reason": last["finish_reason"]}],
+                "usage": _usage(last)}
+
+    @staticmethod
+    async def _stream(first, chunks, head, kind, delta) -> AsyncIterator[str]:
+        async def all_chunks():
+            yield first
+            async for chunk in chunks:
+                yield chunk
+
+        async for chunk in all_chunks():
+            if "error" in chunk:
+                yield f"data: {json.dumps({'error': {'message': chunk['error']}})}\n\n"
+                break
+            body = {**head, "object": kind, "choices": [
+                {"index": 0, **delta(chunk["text"]), "finish_reason": chunk["finish_reason"]}]}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+
+
+def _usage(chunk: dict[str, Any]) -> dict[str, int]:
+    return {"prompt_tokens": chunk["prompt_tokens"], "completion_tokens": chunk["completion_tokens"],
+            "total_tokens": chunk["prompt_tokens"] + chunk["completion_tokens"]}

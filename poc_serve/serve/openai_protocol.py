@@ -1,0 +1,60 @@
+"""Request models of the OpenAI-compatible inference API (/v1/completions, /v1/chat/completions).
+
+Unknown keys are ignored rather than refused: OpenAI clients send many optional fields that do not
+change a greedy or sampled completion here. Values that would change it and are not supported
+(several choices, logprobs) are refused with 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _SamplingFields(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    model: str = Field(description="Served model name (GET /v1/models).")
+    max_tokens: int = Field(16, ge=1, le=4096, description="Most tokens to generate.")
+    temperature: float = Field(1.0, ge=0, le=2, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    n: Literal[1] = Field(1, description="Choices per request (only 1 is supported).")
+    stop: str | list[str] | None = Field(None, description="Stop strings.")
+    seed: int | None = Field(None, description="Sampling seed.")
+    stream: bool = Field(False, description="Stream the answer as server-sent events.")
+    logprobs: None = Field(None, description="Not supported; must be absent or null.")
+
+    def sampling(self) -> dict[str, Any]:
+        """vLLM SamplingParams keyword arguments."""
+        stop = [self.stop] if isinstance(self.stop, str) else self.stop
+        return dict(max_tokens=self.max_tokens, temperature=self.temperature, top_p=self.top_p,
+                    stop=stop, seed=self.seed)
+
+
+class CompletionRequest(_SamplingFields):
+    """Body of POST /v1/completions."""
+
+    prompt: str | list[int] = Field(description="Prompt text, or prompt token ids.")
+
+    @field_validator("prompt")
+    @classmethod
+    def _non_empty(cls, v: str | list[int]) -> str | list[int]:
+        if len(v) == 0:
+            raise ValueError("prompt must not be empty")
+        return v
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"] = Field(description="Who speaks.")
+    content: str = Field(description="What is said (text only).")
+
+
+class ChatCompletionRequest(_SamplingFields):
+    """Body of POST /v1/chat/completions."""
+
+    messages: list[ChatMessage] = Field(min_length=1, description="The conversation so far.")
