@@ -1,0 +1,115 @@
+"""The round manager alone, with the real math on the CPU standing in for an engine: batch hand-out
+over several in-flight calls, a failing replica (a fault the CPU suite cannot cause on demand),
+stop semantics and callbacks to a real receiver."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from poc_serve.engine.protocol import PoCRound
+from poc_serve.poc import nonce_distances
+from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.protocol import PoCInitRequest
+from poc_serve.serve.round_manager import RoundError, RoundManager
+from tests.receiver import CallbackReceiver
+
+HIDDEN = 32
+
+
+class FlakyEngine:
+    """Distances from the spec's post-processing of a per-nonce hidden state; every
+    ``fail_every``-th call raises like a replica that died mid-batch."""
+
+    def __init__(self, fail_every: int = 0):
+        self.fail_every = fail_every
+        self.calls = 0
+        self.computed: list[int] = []
+
+    async def compute(self, round: PoCRound, nonces: list[int]) -> list[float]:
+        self.calls += 1
+        call = self.calls
+        await asyncio.sleep(0.01)
+        if self.fail_every and call % self.fail_every == 0:
+            raise RuntimeError("replica died")
+        self.computed += nonces
+        hidden = torch.stack([torch.randn(HIDDEN, generator=torch.Generator().manual_seed(n)) for n in nonces])
+        return nonce_distances(hidden, round.block_hash, round.public_key, nonces, round.randomization).tolist()
+
+
+def _manager(engine, callbacks, in_flight=3) -> RoundManager:
+    return RoundManager(compute=engine.compute, batch_size=lambda seq_len: 8, max_seq_len=128,
+                        batches_in_flight=in_flight, callbacks=callbacks, callback_interval_s=0.05,
+                        log_interval_s=0.05)
+
+
+def _req(**kw) -> PoCInitRequest:
+    return PoCInitRequest(**{"block_hash": "b", "block_height": 1, "public_key": "k", "r_target": 1.41,
+                             "node_id": 1, "node_count": 2, "seq_len": 16, **kw})
+
+
+def test_failed_batches_are_recomputed_and_no_nonce_is_lost_or_repeated():
+    async def run():
+        engine = FlakyEngine(fail_every=3)
+        mgr = _manager(engine, CallbackSender())
+        await mgr.init_generate(_req(r_target=2.0))
+        while mgr.gen.checked < 200:
+            await asyncio.sleep(0.01)
+        await mgr.stop()
+        return engine, mgr
+
+    engine, mgr = asyncio.run(run())
+    assert engine.calls > 30  # failures happened and were retried
+    assert sorted(engine.computed) == sorted(set(engine.computed))
+    assert sorted(mgr.gen.valid_nonces) == [1 + 2 * i for i in range(mgr.gen.checked)]
+    assert mgr.state == "STOPPED"
+
+
+def test_stop_counts_in_flight_batches_and_flushes_them_to_the_receiver():
+    async def run(url):
+        engine = FlakyEngine()
+        sender = CallbackSender(backoff_base=0.05, backoff_cap=0.1)
+        mgr = _manager(engine, sender, in_flight=4)
+        await mgr.init_generate(_req(callback_url=url))
+        await asyncio.sleep(0.3)
+        await mgr.phase_validate()  # stops generating; everything computed is counted
+        assert mgr.gen.checked == len(engine.computed)
+        await mgr.phase_generate()  # resumes the same nonce sequence
+        await asyncio.sleep(0.2)
+        await mgr.stop()
+        assert await sender.flush(timeout=10)
+        return engine, mgr
+
+    with CallbackReceiver() as receiver:
+        engine, mgr = asyncio.run(run(receiver.url))
+        sent = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
+    assert sorted(engine.computed) == sorted(set(engine.computed))
+    assert sorted(sent) == sorted(mgr.gen.valid_nonces) and len(sent) == len(set(sent)) > 0
+    assert all(d < 1.41 for d in mgr.gen.valid_distances)
+
+
+def test_state_rules():
+    async def run():
+        mgr = _manager(FlakyEngine(), CallbackSender())
+        with pytest.raises(RoundError) as e:
+            await mgr.phase_generate()
+        assert e.value.status_code == 400
+        with pytest.raises(RoundError) as e:
+            await mgr.init(_req(seq_len=129))
+        assert e.value.status_code == 400 and "max_model_len" in str(e.value)
+        await mgr.init_generate(_req())
+        await mgr.init_generate(_req())  # identical: no-op
+        assert mgr.state == "GENERATING"
+        for call in (mgr.init(_req()), mgr.init_generate(_req(block_height=2))):
+            with pytest.raises(RoundError) as e:
+                await call
+            assert e.value.status_code == 409
+        await mgr.init_validate(_req(node_id=-1, node_count=-1))
+        assert mgr.state == "VALIDATING" and mgr.gen.checked == 0
+        await mgr.stop()
+        await mgr.stop()  # idempotent
+        assert mgr.state == "STOPPED"
+
+    asyncio.run(run())
