@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
-from poc_serve.poc import Randomization  # noqa: E402  (one definition of the modes)
+from poc_serve.poc import Randomization
+
 State = Literal["IDLE", "GENERATING", "VALIDATING", "STOPPED"]
 
 # Bounds the work (and memory) one POST /validate can ask for.
