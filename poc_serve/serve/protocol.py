@@ -203,9 +203,3 @@ class ControlResponse(BaseModel):
 
     status: Literal["OK"] = Field("OK", description="Always OK on success.")
     pow_status: PoCStatus = Field(description="The node's status after the call.")
-
-
-class ErrorResponse(BaseModel):
-    """Body of error answers (FastAPI's HTTPException shape)."""
-
-    detail: str = Field(description="What went wrong.")
