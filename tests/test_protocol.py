@@ -1,6 +1,7 @@
 """The HTTP API's models: what they accept, what they answer 422 for, and round identity."""
 
 import pytest
+from pydantic import BaseModel
 from pydantic import ValidationError
 
 from poc_serve.serve.protocol import (
@@ -199,13 +200,16 @@ def test_status_carries_state_under_both_names_and_keeps_validation_apart():
         PoCStatus(state="RUNNING", is_model_initialized=True)
 
 
-def test_every_field_is_described():
-    from poc_serve.serve import protocol
+@pytest.mark.parametrize("module,count", [
+    ("poc_serve.serve.protocol", 6), ("poc_serve.serve.openai_protocol", 4), ("poc_serve.serve.config", 1),
+    ("poc_serve.engine.config", 1), ("poc_serve.engine.protocol", 2)])
+def test_every_field_is_described(module, count):
+    import importlib
 
-    models = [m for m in vars(protocol).values()
-              if isinstance(m, type) and issubclass(m, protocol.BaseModel)
-              and m is not protocol.BaseModel]
-    assert len(models) == 7
+    mod = importlib.import_module(module)
+    models = [m for m in vars(mod).values()
+              if isinstance(m, type) and issubclass(m, BaseModel) and m is not BaseModel and m.__module__ == module]
+    assert len(models) == count
     for model in models:
         fields = {**model.model_fields, **model.model_computed_fields}
         for name, field in fields.items():
