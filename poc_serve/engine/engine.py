@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any, AsyncIterator
 
 from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
 from poc_serve.engine.protocol import PoCBatchResult, PoCRound
 from poc_serve.models.tiny import resolve_model
-
-logger = logging.getLogger(__name__)
-
 
 class SeqLenError(ValueError):
     """A round asks for a longer sequence than the engine was built for."""
@@ -27,7 +23,6 @@ class PoCEngine:
         self.config = config
         self.llm = None
         self.max_model_len = config.max_model_len
-        self.hidden_size: int | None = None
         self.model_path = resolve_model(config.model)
         self._tokenizer = None
 
@@ -37,7 +32,6 @@ class PoCEngine:
         cfg = self.config
         backend = cfg.distributed_executor_backend
         if backend is None:
-            parallel = cfg.tensor_parallel_size * cfg.pipeline_parallel_size > 1
             backend = "mp" if _on_cpu() else "ray"
         return AsyncEngineArgs(
             model=self.model_path,
@@ -61,7 +55,6 @@ class PoCEngine:
 
         self.llm = AsyncLLM.from_engine_args(self._engine_args())
         self.max_model_len = self.llm.model_config.max_model_len
-        self.hidden_size = self.llm.model_config.get_hidden_size()
 
     def batch_size(self, seq_len: int) -> int:
         """Nonces per forward at ``seq_len``."""

@@ -24,8 +24,9 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
     REQUEST_ERRORS = (ValueError, TypeError)
 
 __all__ = [
-    "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "REQUEST_ERRORS", "SamplingParams", "attention_modules", "decoder_layers",
-    "decoder_stack", "get_pp_group", "get_tp_group", "worker_model",
+    "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "SamplingParams",
+    "attention_modules", "attention_scale", "decoder_layers", "decoder_stack", "get_pp_group",
+    "get_tp_group", "model_dtype", "worker_model",
 ]
 
 

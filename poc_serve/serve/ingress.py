@@ -22,9 +22,9 @@ from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionReq
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
 
-# A version segment that a proxy in front of the node normally strips, e.g. /v3.0.8/api/v1/pow/status.
 API_PREFIX = "/api/v1/pow"
 _ENGINE_PROBE_TIMEOUT_S = 5.0
+# A version segment that a proxy in front of the node normally strips, e.g. /v3.0.8/api/v1/pow/status.
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)*(?=/api/)")
 
 

@@ -152,8 +152,7 @@ class RoundManager:
         req = self._require_round()
         if batch.block_hash != req.block_hash:
             raise RoundError(409, f"block_hash {batch.block_hash!r} is not the round's ({req.block_hash!r})")
-        round_ = PoCRound(block_hash=req.block_hash, public_key=batch.public_key, seq_len=req.seq_len,
-                          randomization=req.randomization)
+        round_ = _poc_round(req, batch.public_key)
         size = self._batch_size(req.seq_len)
         chunks = [batch.nonces[i:i + size] for i in range(0, len(batch.nonces), size)]
         results = await asyncio.gather(*(self._compute(round_, chunk) for chunk in chunks))
@@ -218,8 +217,7 @@ class RoundManager:
 
     async def _generate(self, req: PoCInitRequest, nonces: NonceSequence, stats: GenerationStats,
                         stop: asyncio.Event) -> None:
-        round_ = PoCRound(block_hash=req.block_hash, public_key=req.public_key, seq_len=req.seq_len,
-                          randomization=req.randomization)
+        round_ = _poc_round(req, req.public_key)
         size = self._batch_size(req.seq_len)
         in_flight: dict[asyncio.Task, list[int]] = {}
         next_send = next_log = time.monotonic()
@@ -287,3 +285,9 @@ class RoundManager:
         one_in = f"{checked / valid:.0f}" if valid else "inf"
         logger.info(f"Generated: {valid} / {checked} (1 in {one_in}) Time: {minutes:.2f}min "
                     f"({valid / minutes:.2f} valid/min, {checked / minutes:.2f} raw/min)")
+
+
+def _poc_round(req: PoCInitRequest, public_key: str) -> PoCRound:
+    """The engine's view of the round for ``public_key`` (the node's own, or a validated node's)."""
+    return PoCRound(block_hash=req.block_hash, public_key=public_key, seq_len=req.seq_len,
+                    randomization=req.randomization)
