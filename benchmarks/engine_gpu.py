@@ -4,7 +4,8 @@ Phases run in subprocesses so GPU memory is free between them; each prints `RESU
 appends it to $OUT/engine_gpu.jsonl (or ./engine_gpu.jsonl). Skips (exit 0) without CUDA.
 
     python benchmarks/engine_gpu.py --phases model,reference,inputs,baseline,engine
-    python benchmarks/engine_gpu.py --phases engine --engine-kwargs '{"enforce_eager": true}'
+    python benchmarks/engine_gpu.py --phases engine --engine-kwargs '{"enforce_eager": true}' \
+        --variants '[{"label": "f16k", "poc_forward_tokens": 16384}]' --profile --memory-search
 """
 
 from __future__ import annotations
@@ -103,63 +104,142 @@ def phase_baseline(a):
               "nonces_per_s": round(a.iters * batch / (time.time() - t), 1)})
 
 
+def _profile_poc_call(worker, kwargs: dict, path: str) -> None:
+    """Runs INSIDE each vLLM worker (sent through collective_rpc): one warm PoC call, then one
+    under the torch profiler; rank 0 writes the kernel table to ``path``."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    worker.poc_compute(**kwargs)
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        worker.poc_compute(**kwargs)
+        torch.cuda.synchronize()
+    if worker.rank == 0:
+        with open(path, "w") as f:
+            f.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30))
+
+
+def _trace_layer_hooks(worker, kwargs: dict) -> list:
+    """Runs INSIDE each vLLM worker: a layer_hooks PoC call with pre-hooks recording, per decoder
+    layer, the norms of the (hidden, residual) it receives at the last position of the first nonce
+    (after the previous layer's transform they are ~1 each; raw layer outputs are far larger)."""
+    import torch
+    from poc_serve.engine.vllm_compat import decoder_layers, decoder_stack, worker_model
+    seen = []
+
+    def pre(index):
+        def hook(module, args):  # vLLM calls layer(positions, hidden_states, residual)
+            hidden, residual = args[1], args[2]
+            row = kwargs["seq_len"] - 1
+            seen.append([index] + [None if t is None else round(float(t[row].float().norm()), 5) for t in (hidden, residual)])
+        return hook
+
+    handles = [layer.register_forward_pre_hook(pre(i))
+               for i, layer in decoder_layers(decoder_stack(worker_model(worker)))]
+    try:
+        worker.poc_compute(**kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+async def _variant(eng, ref, variant: dict, a) -> dict:
+    """Correctness, throughput, validation latency and batch independence of one PoC setting."""
+    import torch
+    from poc_serve.engine.protocol import PoCRound
+    res = {"phase": "engine", **variant}
+    eng.config = eng.config.model_copy(update={k: v for k, v in variant.items() if k != "label"})
+    for seq_len in (64, 256):
+        for mode in ("sign_flips", "layer_hooks"):
+            out = await eng.compute(PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len, randomization=mode),
+                                    CHECK_NONCES, return_hidden=True)
+            r = ref[f"{seq_len}_{mode}"]
+            cos = torch.nn.functional.cosine_similarity(torch.tensor(out.hidden), r["hidden"], dim=-1)
+            dd = (torch.tensor(out.distances) - r["dist"]).abs()
+            res[f"check_{seq_len}_{mode}"] = {"min_cos": round(cos.min().item(), 6), "max_dist_err": float(dd.max()),
+                                              "mean_dist_err": float(dd.mean()), "n_over_1e-3": int((dd > 1e-3).sum())}
+        # Throughput of the engine call (input generation, forwards, post-processing, RPC).
+        round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len)
+        size = eng.batch_size(seq_len)
+        n = max(size, a.nonces_per_rate // seq_len * 64 // size * size)
+        await eng.compute(round_, list(range(size)))
+        t0 = time.time()  # all calls queued at once, as the service keeps calls in flight
+        await asyncio.gather(*(eng.compute(round_, list(range(i, i + size))) for i in range(1000, 1000 + n, size)))
+        res[f"rate_{seq_len}"] = round(n / (time.time() - t0), 1)
+        res[f"forward_{seq_len}"] = eng.config.poc_forward_size(seq_len)
+        # The same nonces in another request give the same distance (fixed forward shape).
+        x = await eng.compute(round_, [1003, 1005])
+        y = await eng.compute(round_, list(range(1000, 1000 + size + 10)))
+        res[f"batch_independent_{seq_len}"] = x.distances == [y.distances[3], y.distances[5]]
+    round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=64)
+    times = []
+    for i in range(5):
+        t0 = time.time()
+        await eng.compute(round_, list(range(i * 200, i * 200 + 200)))
+        times.append(time.time() - t0)
+    res["validate_200_s"] = {"median": round(sorted(times)[2], 4), "min": round(min(times), 4)}
+    return res
+
+
 def phase_engine(a):
     import torch
     from poc_serve.engine.config import EngineConfig
     from poc_serve.engine.engine import PoCEngine
-    from poc_serve.engine.protocol import PoCRound
     kwargs = json.loads(a.engine_kwargs)
     label = kwargs.pop("label", "default")
-    profile = kwargs.pop("profile", False)
-    # Env vars for this engine (e.g. POC_EXPAND_KV_HEADS, or VLLM_ENABLE_V1_MULTIPROCESSING=0 with
-    # the "uni" executor, which runs the worker in this process so the profiler sees its kernels).
+    # Env vars for this engine; the profiler sends a function to the workers, which vLLM's engine
+    # core only forwards with VLLM_ALLOW_INSECURE_SERIALIZATION=1.
     os.environ.update(kwargs.pop("env", {}))
-    cfg = EngineConfig(model=a.model_dir, max_num_batched_tokens=65536, max_model_len=2048,
-                       skip_tokenizer_init=True, **kwargs)
+    if a.profile or a.trace_layer_hooks:
+        os.environ["VLLM_ALLOW_INSECURE_SERIALIZATION"] = "1"
+    cfg = EngineConfig(**{"model": a.model_dir, "max_num_batched_tokens": 65536, "max_model_len": 2048,
+                          "skip_tokenizer_init": True, **kwargs})
     t = time.time()
     eng = PoCEngine(cfg)
-    eng.start()
-    start_s = time.time() - t
     ref = torch.load(os.path.join(a.model_dir, "reference.pt"))
 
     async def run():
-        res = {"phase": "engine", "label": label, "start_s": round(start_s, 1), "config": kwargs}
-        for seq_len in (64, 256):
-            for mode in ("sign_flips", "layer_hooks"):
-                out = await eng.compute(PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len, randomization=mode),
-                                        CHECK_NONCES, return_hidden=True)
-                r = ref[f"{seq_len}_{mode}"]
-                h = torch.tensor(out.hidden)
-                cos = torch.nn.functional.cosine_similarity(h, r["hidden"], dim=-1).min().item()
-                dd = (torch.tensor(out.distances) - r["dist"]).abs()
-                res[f"check_{seq_len}_{mode}"] = {"min_cos": round(cos, 6), "max_dist_err": float(dd.max()),
-                                                  "mean_dist_err": float(dd.mean())}
-            # Throughput of the engine call (input generation, forward, post-processing, RPC).
-            round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len)
-            size = eng.batch_size(seq_len)
-            await eng.compute(round_, list(range(size)))
-            t0 = time.time()
-            n = size * a.iters
-            await eng.compute(round_, list(range(1000, 1000 + n)))
-            res[f"rate_{seq_len}"] = round(n / (time.time() - t0), 1)
-            res[f"batch_{seq_len}"] = size
-            # The same nonces in another batch give the same distance (fixed batch shape).
-            x = await eng.compute(round_, [1003, 1005])
-            y = await eng.compute(round_, list(range(1000, 1010)))
-            res[f"batch_independent_{seq_len}"] = x.distances == [y.distances[3], y.distances[5]]
-        if profile:
-            from torch.profiler import ProfilerActivity
-            round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=64)
-            with torch.profiler.profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                await eng.compute(round_, list(range(eng.batch_size(64))))
-                torch.cuda.synchronize()
-            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
-            with open(os.path.join(OUT, f"profile_{label}.txt"), "w") as f:
-                f.write(table)
-            print(table)
-        return res
+        await eng.start()
+        emit({"phase": "engine_start", "label": label, "config": kwargs, "start_s": round(time.time() - t, 1),
+              "memory_probes": eng.memory_probes})
+        base = eng.config
+        for variant in json.loads(a.variants):
+            eng.config = base
+            variant.pop("profile", None)
+            emit(await _variant(eng, ref, {"label": f"{label}/{variant.pop('label')}", **variant}, a))
+        eng.config = base
+        if a.profile:
+            for variant in json.loads(a.variants):
+                if not variant.pop("profile", False):
+                    continue
+                name = variant.pop("label")
+                fwd = base.model_copy(update=variant)
+                size = fwd.poc_forward_size(64)
+                kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="sign_flips",
+                          nonces=list(range(size * fwd.poc_forwards_per_call)), forward_size=size,
+                          fuse_qk_norm_rope=fwd.poc_fuse_qk_norm_rope)
+                path = os.path.join(OUT, f"profile_{name}.txt")
+                await eng.llm.collective_rpc(_profile_poc_call, args=(kw, path))
+                print(f"PROFILE {name}\n" + open(path).read(), flush=True)
+        if a.trace_layer_hooks:
+            size = base.poc_forward_size(64)
+            kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="layer_hooks",
+                      nonces=list(range(size)), forward_size=size, fuse_qk_norm_rope=base.poc_fuse_qk_norm_rope)
+            emit({"phase": "trace_layer_hooks", "label": label,
+                  "per_rank": await eng.llm.collective_rpc(_trace_layer_hooks, args=(kw,))})
+        if a.memory_search:
+            # Forwards beyond max_num_batched_tokens (which the service never runs) until one fails.
+            for nonces in (1024, 1536, 2048, 3072, 4096, 6144):
+                try:
+                    probe = await eng.llm.collective_rpc("poc_memory_probe", kwargs=dict(
+                        seq_len=64, forward_size=nonces, fuse_qk_norm_rope=base.poc_fuse_qk_norm_rope))
+                    emit({"phase": "memory", "tokens": nonces * 64, "ok": True, "probe": probe})
+                except Exception as exc:  # noqa: BLE001 - the failure is the measurement
+                    emit({"phase": "memory", "tokens": nonces * 64, "ok": False, "error": str(exc)[:300]})
+                    break
 
-    emit(asyncio.run(run()))
+    asyncio.run(run())
     eng.shutdown()
 
 
@@ -173,7 +253,14 @@ def main():
     p.add_argument("--phase")
     p.add_argument("--model-dir", default="/tmp/poc_qwen3_0.6b")
     p.add_argument("--engine-kwargs", default="{}", help="JSON; may hold several configs as a list")
-    p.add_argument("--iters", type=int, default=8)
+    p.add_argument("--iters", type=int, default=8, help="baseline: timed batches")
+    p.add_argument("--variants", default='[{"label": "default"}]',
+                   help="JSON list of PoC settings (EngineConfig poc_* fields) timed on each engine")
+    p.add_argument("--nonces-per-rate", type=int, default=16384, help="nonces timed per rate at seq_len 64")
+    p.add_argument("--profile", action="store_true",
+                   help='profile one call in the workers for each variant with "profile": true')
+    p.add_argument("--memory-search", action="store_true", help="probe forwards beyond the service's size")
+    p.add_argument("--trace-layer-hooks", action="store_true", help="per-layer norms of a layer_hooks call")
     a = p.parse_args()
     if a.phase:
         return PHASES[a.phase](a)
@@ -187,7 +274,10 @@ def main():
     for phase in a.phases.split(","):
         for cfg in (configs if phase == "engine" else [{}]):
             cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", a.model_dir,
-                   "--engine-kwargs", json.dumps(cfg), "--iters", str(a.iters)]
+                   "--engine-kwargs", json.dumps(cfg), "--iters", str(a.iters), "--variants", a.variants,
+                   "--nonces-per-rate", str(a.nonces_per_rate)]
+            cmd += (["--profile"] * a.profile + ["--memory-search"] * a.memory_search
+                    + ["--trace-layer-hooks"] * a.trace_layer_hooks)
             t = time.time()
             rc = subprocess.run(cmd, env=env).returncode
             print(f"PHASE {phase} {cfg} rc={rc} {time.time() - t:.0f}s", flush=True)

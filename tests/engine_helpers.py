@@ -75,7 +75,7 @@ class EngineRunner:
         world = self.config.tensor_parallel_size * self.config.pipeline_parallel_size
 
         async def start() -> None:  # inside the loop, so AsyncLLM sees it as its loop
-            self.engine.start()
+            await self.engine.start()
 
         with omp_threads_bind(world):
             self.run(start())

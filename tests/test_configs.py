@@ -7,6 +7,7 @@ import yaml
 from pydantic import ValidationError
 
 from poc_serve.app import engine_deployment_options
+from poc_serve.engine.config import EngineConfig
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.config_check import check_serve_config
 
@@ -51,3 +52,18 @@ def test_cpu_engine_replicas_take_a_cpu_and_custom_resources():
     assert "placement_group_bundles" not in opts
     assert opts["ray_actor_options"]["resources"] == {"worker": 1}
     assert opts["ray_actor_options"]["num_cpus"] == 1
+
+
+def test_poc_forward_and_call_sizes():
+    """A forward holds poc_forward_tokens // seq_len nonces (default: max_num_batched_tokens), capped
+    by max_poc_batch_size and at least 1; an engine call holds poc_forwards_per_call forwards."""
+    engine = EngineConfig(max_num_batched_tokens=65536, poc_forward_tokens=16384, poc_forwards_per_call=4)
+    assert [engine.poc_forward_size(s) for s in (8, 64, 256, 20000)] == [1024, 256, 64, 1]
+    assert engine.poc_batch_size(64) == 1024
+    default = EngineConfig(max_num_batched_tokens=65536, poc_forwards_per_call=1)
+    assert (default.poc_forward_size(64), default.poc_batch_size(256)) == (1024, 256)
+
+
+def test_poc_forward_may_not_exceed_the_profiled_tokens():
+    with pytest.raises(ValidationError, match="poc_forward_tokens .*max_num_batched_tokens"):
+        EngineConfig(max_num_batched_tokens=8192, poc_forward_tokens=8193)

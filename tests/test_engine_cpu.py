@@ -52,8 +52,8 @@ PUBLIC_KEY = "gonka1qyqszqgpqyqszqgpqyqszqgpqyqszqgp0test"
 SEQ_LEN = 16
 NONCES = list(range(10)) + [4242, 987_654_321]
 
-# Determinism: at seq_len 128 a forward holds 1024 // 128 = 8 nonces, so 40 nonces take 5 forwards
-# and a single nonce is padded with 7 copies of itself.
+# Determinism: at seq_len 128 a forward holds 1024 // 128 = 8 nonces and an engine call 4 forwards,
+# so 40 nonces take 2 calls (4 + 1 forwards) and a single nonce is padded with 7 copies of itself.
 DET_SEQ_LEN = 128
 DET_BATCH = MAX_NUM_BATCHED_TOKENS // DET_SEQ_LEN
 DET_NONCES = list(range(40))
@@ -156,7 +156,8 @@ class TestQwenTP1:
         """A nonce's distance is IDENTICAL (==) alone (1 nonce, padded), inside a 40-nonce request
         (5 forwards), and in a shuffled request with other neighbours and batch positions."""
         round = poc_round(mode, DET_SEQ_LEN)
-        assert qwen.engine.batch_size(DET_SEQ_LEN) == DET_BATCH == 8  # 40 nonces -> 5 forwards
+        assert qwen.engine.config.poc_forward_size(DET_SEQ_LEN) == DET_BATCH == 8  # 40 nonces -> 5 forwards
+        assert qwen.engine.batch_size(DET_SEQ_LEN) == 4 * DET_BATCH  # ... in 2 calls
         full = dict(zip(DET_NONCES, qwen.compute(round, DET_NONCES).distances))
         assert len(set(full.values())) == len(DET_NONCES)  # distinct nonces, distinct distances
 
@@ -165,7 +166,7 @@ class TestQwenTP1:
             assert alone.nonces == [nonce]
             assert alone.distances == [full[nonce]], nonce
 
-        mixed = DET_NONCES[::3] + [10_000 + i for i in range(11)]  # 14 + 11 = 25 nonces, 4 forwards
+        mixed = DET_NONCES[::3] + [10_000 + i for i in range(11)]  # 14 + 11 = 25 nonces, 1 call of 4 forwards
         random.Random(1).shuffle(mixed)
         got = qwen.compute(round, mixed)
         assert got.nonces == mixed

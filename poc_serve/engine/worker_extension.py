@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from poc_serve.engine.forward import causal_sdpa_attention, householder_layer_hooks
+from poc_serve.engine.forward import causal_sdpa_attention, fused_qk_norm_rope, householder_layer_hooks
 from poc_serve.engine.vllm_compat import (
     IntermediateTensors,
     decoder_stack,
@@ -30,35 +30,69 @@ class PoCWorkerExtension:
     """Methods added to vLLM workers (``self`` is the worker)."""
 
     def poc_compute(self, block_hash: str, public_key: str, seq_len: int, randomization: str,
-                    nonces: list[int], return_hidden: bool = False) -> dict[str, Any] | None:
-        """Forward a batch of nonces and post-process it (spec section 2).
+                    nonces: list[int], forward_size: int, fuse_qk_norm_rope: bool = True,
+                    return_hidden: bool = False) -> dict[str, Any] | None:
+        """Forward ``nonces`` in forwards of exactly ``forward_size`` nonces and post-process them
+        (spec section 2). ``len(nonces)`` must be a multiple of ``forward_size``.
 
         Returns ``{"distances": [...], "hidden": [[...]] | None}`` on the last pipeline stage and
         ``None`` on the others. Tensor-parallel ranks all run the same call.
         """
+        if not nonces or len(nonces) % forward_size:
+            raise ValueError(f"{len(nonces)} nonces are not a positive multiple of forward_size {forward_size}")
         model = worker_model(self)
         decoder = decoder_stack(model)
         hidden_size = model.config.hidden_size
         device = next(model.parameters()).device
-        batch = len(nonces)
+        dtype = model_dtype(self)
         pp = get_pp_group()
         hooks = (householder_layer_hooks(decoder, block_hash, hidden_size, device)
                  if randomization == "layer_hooks" else contextlib.nullcontext())
-        with torch.inference_mode(), causal_sdpa_attention(model, batch, seq_len), hooks:
-            positions = torch.arange(seq_len, device=device).repeat(batch)
-            embeds, intermediate = None, None
-            if pp.is_first_rank:
-                embeds = input_embeddings(block_hash, public_key, nonces, seq_len, hidden_size, device,
-                                          model_dtype(self)).view(batch * seq_len, hidden_size)
-            else:
-                intermediate = IntermediateTensors(pp.recv_tensor_dict(all_gather_group=get_tp_group()))
-            out = decoder.forward(input_ids=None, positions=positions,
-                                  intermediate_tensors=intermediate, inputs_embeds=embeds)
+        fused = fused_qk_norm_rope(model, dtype) if fuse_qk_norm_rope else contextlib.nullcontext()
+        with torch.inference_mode(), causal_sdpa_attention(model, forward_size, seq_len), fused, hooks:
+            positions = torch.arange(seq_len, device=device).repeat(forward_size)
+            # No host sync between forwards: the CPU queues the next forward while the GPU runs this one.
+            lasts = [self._poc_forward(decoder, pp, block_hash, public_key, nonces[i:i + forward_size],
+                                       seq_len, positions, hidden_size, device, dtype)
+                     for i in range(0, len(nonces), forward_size)]
             if not pp.is_last_rank:
-                pp.send_tensor_dict(out.tensors, all_gather_group=get_tp_group())
                 return None
-            last = out.view(batch, seq_len, hidden_size)[:, -1].float()
+            last = torch.cat(lasts)
             distances = nonce_distances(last, block_hash, public_key, nonces, randomization)
             # Plain lists: collective_rpc results must be msgspec-serialisable.
             return {"distances": distances.cpu().tolist(),
                     "hidden": last.cpu().tolist() if return_hidden else None}
+
+    def _poc_forward(self, decoder: torch.nn.Module, pp: Any, block_hash: str, public_key: str,
+                     nonces: list[int], seq_len: int, positions: torch.Tensor, hidden_size: int,
+                     device: torch.device, dtype: torch.dtype) -> torch.Tensor | None:
+        """One forward of this stage; the float32 last-position hidden states on the last stage."""
+        batch = len(nonces)
+        embeds, intermediate = None, None
+        if pp.is_first_rank:
+            embeds = input_embeddings(block_hash, public_key, nonces, seq_len, hidden_size, device,
+                                      dtype).view(batch * seq_len, hidden_size)
+        else:
+            intermediate = IntermediateTensors(pp.recv_tensor_dict(all_gather_group=get_tp_group()))
+        out = decoder.forward(input_ids=None, positions=positions,
+                              intermediate_tensors=intermediate, inputs_embeds=embeds)
+        if not pp.is_last_rank:
+            pp.send_tensor_dict(out.tensors, all_gather_group=get_tp_group())
+            return None
+        return out.view(batch, seq_len, hidden_size)[:, -1].float()
+
+    def poc_memory_probe(self, seq_len: int, forward_size: int, fuse_qk_norm_rope: bool = True) -> dict[str, int]:
+        """Run one PoC forward of ``forward_size`` nonces and report this worker's GPU memory:
+        the forward's peak above the resting allocation, and what is still available after it
+        (free device memory plus the allocator's unused cache). It runs ``layer_hooks``, the mode
+        with the larger temporaries (float32 copies of each layer's outputs)."""
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        resting = torch.cuda.memory_allocated()
+        self.poc_compute("memory_probe", "memory_probe", seq_len, "layer_hooks", list(range(forward_size)),
+                         forward_size, fuse_qk_norm_rope)
+        torch.cuda.synchronize()
+        free, total = torch.cuda.mem_get_info()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - resting,
+                "available_bytes": free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated(),
+                "total_bytes": total}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 from ray import serve
 
@@ -10,11 +10,11 @@ from poc_serve.engine.config import EngineConfig
 from poc_serve.engine.protocol import PoCEngineProtocol, PoCRound
 
 
-def _build_vllm_engine(config: EngineConfig) -> PoCEngineProtocol:
+async def _build_vllm_engine(config: EngineConfig) -> PoCEngineProtocol:
     from poc_serve.engine.engine import PoCEngine
 
     engine = PoCEngine(config)
-    engine.start()
+    await engine.start()
     return engine
 
 
@@ -22,9 +22,10 @@ def _build_vllm_engine(config: EngineConfig) -> PoCEngineProtocol:
 class PoCEngineDeployment:
     """Owns one engine; the ingress calls :meth:`compute` through a handle."""
 
-    def __init__(self, config: EngineConfig,
-                 engine_factory: Callable[[EngineConfig], PoCEngineProtocol] = _build_vllm_engine):
-        self.engine = engine_factory(config)
+    # Serve awaits an async constructor; the replica takes requests only once the engine is up.
+    async def __init__(self, config: EngineConfig,  # type: ignore[misc]
+                       engine_factory: Callable[[EngineConfig], Awaitable[PoCEngineProtocol]] = _build_vllm_engine):
+        self.engine = await engine_factory(config)
 
     async def compute(self, round: dict, nonces: list[int]) -> list[float]:
         """Distances of ``nonces`` for ``round`` (a :class:`PoCRound` as a dict)."""
