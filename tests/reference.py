@@ -21,10 +21,11 @@ def reference_last_hidden(model, block_hash: str, public_key: str, nonces: list[
     emb = input_embeddings(block_hash, public_key, nonces, seq_len, model.config.hidden_size, param.device, param.dtype)
     if randomization == "sign_flips":
         return model(inputs_embeds=emb).last_hidden_state[:, -1].float()
-    return _layer_hooks_forward(model, emb, block_hash)[:, -1].float()
+    return layer_hooks_forward(model, emb, block_hash)[:, -1].float()
 
 
-def _layer_hooks_forward(model, emb: torch.Tensor, block_hash: str) -> torch.Tensor:
+def layer_hooks_forward(model, emb: torch.Tensor, block_hash: str) -> torch.Tensor:
+    """Final-norm hidden states ``[B, S, H]`` of a transformers decoder in the layer_hooks mode."""
     # Written out layer by layer with vLLM's split of a layer's output into the MLP output
     # ("hidden states") and the running residual, both of which the layer_hooks mode transforms.
     batch, seq_len, hidden_size = emb.shape
