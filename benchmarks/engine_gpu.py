@@ -149,7 +149,8 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
     import torch
     from poc_serve.engine.protocol import PoCRound
     res = {"phase": "engine", **variant}
-    eng.config = eng.config.model_copy(update={k: v for k, v in variant.items() if k != "label"})
+    eng.config = type(eng.config).model_validate(
+        {**eng.config.model_dump(), **{k: v for k, v in variant.items() if k != "label"}})
     for seq_len in (64, 256):
         for mode in ("sign_flips", "layer_hooks"):
             out = await eng.compute(PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len, randomization=mode),
@@ -214,7 +215,7 @@ def phase_engine(a):
                 if not variant.pop("profile", False):
                     continue
                 name = variant.pop("label")
-                fwd = base.model_copy(update=variant)
+                fwd = type(base).model_validate({**base.model_dump(), **variant})
                 size = fwd.poc_forward_size(64)
                 kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="sign_flips",
                           nonces=list(range(size * fwd.poc_forwards_per_call)), forward_size=size,
@@ -233,7 +234,8 @@ def phase_engine(a):
             for nonces in (1024, 1536, 2048, 3072, 4096, 6144):
                 try:
                     probe = await eng.llm.collective_rpc("poc_memory_probe", kwargs=dict(
-                        seq_len=64, forward_size=nonces, fuse_qk_norm_rope=base.poc_fuse_qk_norm_rope))
+                        seq_len=64, num_nonces=nonces, forward_size=nonces,
+                        fuse_qk_norm_rope=base.poc_fuse_qk_norm_rope))
                     emit({"phase": "memory", "tokens": nonces * 64, "ok": True, "probe": probe})
                 except Exception as exc:  # noqa: BLE001 - the failure is the measurement
                     emit({"phase": "memory", "tokens": nonces * 64, "ok": False, "error": str(exc)[:300]})

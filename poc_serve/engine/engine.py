@@ -33,7 +33,7 @@ class PoCEngine:
         self.max_model_len = config.max_model_len
         self.model_path = resolve_model(config.model)
         self._tokenizer = None
-        self.memory_probes: list[dict[str, int]] = []  # what check_memory measured at start (GPUs)
+        self.memory_probes: list[dict[str, Any]] = []  # what check_memory measured at start (GPUs)
 
     def _engine_args(self):
         from poc_serve.engine.vllm_compat import AsyncEngineArgs
@@ -66,7 +66,11 @@ class PoCEngine:
         self.llm = AsyncLLM.from_engine_args(self._engine_args())
         self.max_model_len = self.llm.model_config.max_model_len
         if not _on_cpu():
-            self.memory_probes = await self.check_memory()
+            try:
+                self.memory_probes = await self.check_memory()
+            except BaseException:
+                self.shutdown()  # nobody else holds this engine yet: release its GPUs
+                raise
 
     def batch_size(self, seq_len: int) -> int:
         """Nonces per engine call at ``seq_len``."""
@@ -78,29 +82,38 @@ class PoCEngine:
             raise SeqLenError(f"seq_len must be between 1 and the engine's max_model_len "
                               f"({self.max_model_len}), got {seq_len}")
 
-    async def check_memory(self) -> list[dict[str, int]]:
-        """Run the largest PoC forwards this configuration makes (most nonces; longest sequence)
-        once on every worker and report their peak GPU memory. A forward never exceeds the tokens
-        vLLM reserved activation memory for, so this fails only when something else took it."""
+    async def check_memory(self) -> list[dict[str, Any]]:
+        """Run the largest PoC calls this configuration makes (the most nonces, at the shortest
+        sequence that has them; and ``max_model_len``) once on every worker, in both modes, and
+        report their peak GPU memory. A forward holds at most ``poc_forward_tokens`` tokens (one
+        nonce if ``seq_len`` is longer), inside what vLLM's memory profile reserved, so this fails
+        only when something else took the memory; it fails before the replica takes work."""
         cfg = self.config
         tokens = cfg.poc_forward_tokens or cfg.max_num_batched_tokens
-        shortest = max(1, tokens // cfg.max_poc_batch_size)  # the shortest seq_len with the most nonces
+        shortest = -(-tokens // cfg.max_poc_batch_size)  # ceil: the shortest seq_len with the most nonces
         probes = []
         for seq_len in sorted({min(shortest, self.max_model_len), self.max_model_len}):
-            size = cfg.poc_forward_size(seq_len)
+            forward, nonces = cfg.poc_forward_size(seq_len), cfg.poc_batch_size(seq_len)
             try:
                 results = await self.llm.collective_rpc(
                     "poc_memory_probe", timeout=cfg.rpc_timeout_s,
-                    kwargs=dict(seq_len=seq_len, forward_size=size, fuse_qk_norm_rope=cfg.poc_fuse_qk_norm_rope))
+                    kwargs=dict(seq_len=seq_len, num_nonces=nonces, forward_size=forward,
+                                fuse_qk_norm_rope=cfg.poc_fuse_qk_norm_rope))
             except Exception as exc:
+                if "out of memory" not in str(exc).lower():
+                    raise
                 raise PoCMemoryError(
-                    f"a PoC forward of {size} nonces x seq_len {seq_len} failed on this GPU ({exc}); lower "
-                    f"poc_forward_tokens or max_num_batched_tokens, or gpu_memory_utilization") from exc
-            peak = max(r["peak_bytes"] for r in results)
-            available = min(r["available_bytes"] for r in results)
-            probes.append({"seq_len": seq_len, "forward_size": size, "peak_bytes": peak, "available_bytes": available})
-            logger.info("PoC forward of %d nonces x seq_len %d: peak %.2f GiB, %.2f GiB still available",
-                        size, seq_len, peak / 2**30, available / 2**30)
+                    f"a PoC call of {nonces} nonces x seq_len {seq_len} ({forward} per forward) ran out of "
+                    f"GPU memory ({exc}); lower poc_forward_tokens or max_num_batched_tokens, or "
+                    f"gpu_memory_utilization") from exc
+            probe = {"seq_len": seq_len, "forward_size": forward, "num_nonces": nonces,
+                     "peak_bytes": max(r["peak_bytes"] for r in results),
+                     "available_bytes": min(r["available_bytes"] for r in results),
+                     "fused_qk_norm_rope": all(r["fused_qk_norm_rope"] for r in results)}
+            probes.append(probe)
+            logger.info("PoC call of %d nonces x seq_len %d (%d per forward, fused q/k norm + rotary: %s): "
+                        "peak %.2f GiB, %.2f GiB still available", nonces, seq_len, forward,
+                        probe["fused_qk_norm_rope"], probe["peak_bytes"] / 2**30, probe["available_bytes"] / 2**30)
         return probes
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:

@@ -74,21 +74,32 @@ def _fused_qk_norm_rope_forward(block: nn.Module, kernel, dtype: torch.dtype):
     return forward
 
 
+def _fusable_blocks(model: nn.Module, dtype: torch.dtype) -> tuple[object | None, list[nn.Module]]:
+    kernel = fused_qk_norm_rope_kernel()
+    if kernel is None or dtype not in (torch.bfloat16, torch.float16):
+        return None, []
+    return kernel, qk_norm_attention_blocks(model)
+
+
+def uses_fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> bool:
+    """Whether :func:`fused_qk_norm_rope` swaps anything in for ``model`` on this build."""
+    return bool(_fusable_blocks(model, dtype)[1])
+
+
 @contextlib.contextmanager
-def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[bool]:
+def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     """Run q/k RMSNorm and rotary of Qwen3-style attention blocks as ONE in-place CUDA kernel.
 
     vLLM's eager forward runs them as three kernels over strided per-head views, which cost more
-    GPU time than the attention itself (DESIGN.md's profile: 27 + 15 ms of 150 ms per 1024 nonces).
-    Yields whether the swap happened: only on builds with the kernel, for 16-bit models whose
-    blocks it recognises; everything is restored on exit.
+    GPU time than the attention itself (26.7 + 15.0 of 154 ms per 1024 nonces on an H100,
+    docs/benchmarks.md). Only on builds with the kernel, for 16-bit models whose blocks it
+    recognises (:func:`uses_fused_qk_norm_rope`); everything is restored on exit.
     """
-    kernel = fused_qk_norm_rope_kernel()
-    blocks = qk_norm_attention_blocks(model) if kernel is not None and dtype in (torch.bfloat16, torch.float16) else []
+    kernel, blocks = _fusable_blocks(model, dtype)
     try:
         for block in blocks:
             block.forward = _fused_qk_norm_rope_forward(block, kernel, dtype)
-        yield bool(blocks)
+        yield
     finally:
         for block in blocks:
             block.__dict__.pop("forward", None)

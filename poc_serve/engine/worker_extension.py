@@ -14,7 +14,12 @@ from typing import Any
 
 import torch
 
-from poc_serve.engine.forward import causal_sdpa_attention, fused_qk_norm_rope, householder_layer_hooks
+from poc_serve.engine.forward import (
+    causal_sdpa_attention,
+    fused_qk_norm_rope,
+    householder_layer_hooks,
+    uses_fused_qk_norm_rope,
+)
 from poc_serve.engine.vllm_compat import (
     IntermediateTensors,
     decoder_stack,
@@ -51,17 +56,22 @@ class PoCWorkerExtension:
         fused = fused_qk_norm_rope(model, dtype) if fuse_qk_norm_rope else contextlib.nullcontext()
         with torch.inference_mode(), causal_sdpa_attention(model, forward_size, seq_len), fused, hooks:
             positions = torch.arange(seq_len, device=device).repeat(forward_size)
-            # No host sync between forwards: the CPU queues the next forward while the GPU runs this one.
-            lasts = [self._poc_forward(decoder, pp, block_hash, public_key, nonces[i:i + forward_size],
-                                       seq_len, positions, hidden_size, device, dtype)
-                     for i in range(0, len(nonces), forward_size)]
+            lasts, distances = [], []
+            # No host sync between forwards: the CPU queues the next forward while the GPU runs this
+            # one. Post-processing also runs per forward, so its reductions always see the same
+            # number of rows (their summation order depends on it).
+            for i in range(0, len(nonces), forward_size):
+                chunk = nonces[i:i + forward_size]
+                last = self._poc_forward(decoder, pp, block_hash, public_key, chunk, seq_len, positions,
+                                         hidden_size, device, dtype)
+                if last is not None:
+                    lasts.append(last)
+                    distances.append(nonce_distances(last, block_hash, public_key, chunk, randomization))
             if not pp.is_last_rank:
                 return None
-            last = torch.cat(lasts)
-            distances = nonce_distances(last, block_hash, public_key, nonces, randomization)
             # Plain lists: collective_rpc results must be msgspec-serialisable.
-            return {"distances": distances.cpu().tolist(),
-                    "hidden": last.cpu().tolist() if return_hidden else None}
+            return {"distances": torch.cat(distances).cpu().tolist(),
+                    "hidden": torch.cat(lasts).cpu().tolist() if return_hidden else None}
 
     def _poc_forward(self, decoder: torch.nn.Module, pp: Any, block_hash: str, public_key: str,
                      nonces: list[int], seq_len: int, positions: torch.Tensor, hidden_size: int,
@@ -81,18 +91,22 @@ class PoCWorkerExtension:
             return None
         return out.view(batch, seq_len, hidden_size)[:, -1].float()
 
-    def poc_memory_probe(self, seq_len: int, forward_size: int, fuse_qk_norm_rope: bool = True) -> dict[str, int]:
-        """Run one PoC forward of ``forward_size`` nonces and report this worker's GPU memory:
-        the forward's peak above the resting allocation, and what is still available after it
-        (free device memory plus the allocator's unused cache). It runs ``layer_hooks``, the mode
-        with the larger temporaries (float32 copies of each layer's outputs)."""
+    def poc_memory_probe(self, seq_len: int, num_nonces: int, forward_size: int,
+                         fuse_qk_norm_rope: bool = True) -> dict[str, Any]:
+        """Run one PoC call of ``num_nonces`` nonces in both randomisation modes and report this
+        worker's GPU memory: the call's peak above the resting allocation, what is still available
+        after it (free device memory plus the allocator's unused cache), and whether the fused
+        q/k-norm + rotary kernel is in use."""
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         resting = torch.cuda.memory_allocated()
-        self.poc_compute("memory_probe", "memory_probe", seq_len, "layer_hooks", list(range(forward_size)),
-                         forward_size, fuse_qk_norm_rope)
+        for mode in ("sign_flips", "layer_hooks"):
+            self.poc_compute("memory_probe", "memory_probe", seq_len, mode, list(range(num_nonces)),
+                             forward_size, fuse_qk_norm_rope)
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
+        model = worker_model(self)
         return {"peak_bytes": torch.cuda.max_memory_allocated() - resting,
                 "available_bytes": free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated(),
-                "total_bytes": total}
+                "total_bytes": total,
+                "fused_qk_norm_rope": fuse_qk_norm_rope and uses_fused_qk_norm_rope(model, model_dtype(self))}
