@@ -144,6 +144,30 @@ def _trace_layer_hooks(worker, kwargs: dict) -> list:
     return seen
 
 
+class GpuClockSampler:
+    """Samples SM clock and power with nvidia-smi while a rate is timed: a rate below the summed
+    kernel time of a (short) profile may come from clocks dropping under sustained load."""
+
+    def __enter__(self) -> "GpuClockSampler":
+        self.summary: dict = {}
+        try:
+            self.proc = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw",
+                                          "--format=csv,noheader,nounits", "-i", "0", "-lms", "200"],
+                                         stdout=subprocess.PIPE, text=True)
+        except FileNotFoundError:  # no NVIDIA driver tools (a CPU smoke run)
+            self.proc = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        rows = [line.split(",") for line in self.proc.communicate()[0].splitlines() if "," in line]
+        clocks = sorted(float(r[0]) for r in rows)
+        self.summary = {"sm_mhz_min": clocks[0], "sm_mhz_median": clocks[len(clocks) // 2],
+                        "power_w_max": max(float(r[1]) for r in rows)} if rows else {}
+
+
 async def _variant(eng, ref, variant: dict, a) -> dict:
     """Correctness, throughput, validation latency and batch independence of one PoC setting."""
     import torch
@@ -165,9 +189,11 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
         size = eng.batch_size(seq_len)
         n = max(size, a.nonces_per_rate // seq_len * 64 // size * size)
         await eng.compute(round_, list(range(size)))
-        t0 = time.time()  # all calls queued at once, as the service keeps calls in flight
-        await asyncio.gather(*(eng.compute(round_, list(range(i, i + size))) for i in range(1000, 1000 + n, size)))
-        res[f"rate_{seq_len}"] = round(n / (time.time() - t0), 1)
+        with GpuClockSampler() as clocks:
+            t0 = time.time()  # all calls queued at once, as the service keeps calls in flight
+            await asyncio.gather(*(eng.compute(round_, list(range(i, i + size))) for i in range(1000, 1000 + n, size)))
+            res[f"rate_{seq_len}"] = round(n / (time.time() - t0), 1)
+        res[f"gpu_{seq_len}"] = clocks.summary
         res[f"forward_{seq_len}"] = eng.config.poc_forward_size(seq_len)
         # The same nonces in another request give the same distance (fixed forward shape).
         x = await eng.compute(round_, [1003, 1005])
