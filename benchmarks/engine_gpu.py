@@ -168,13 +168,17 @@ class GpuClockSampler:
                         "power_w_max": max(float(r[1]) for r in rows)} if rows else {}
 
 
+def _with_settings(config, settings: dict):
+    """``config`` with ``settings`` applied, validated like a new EngineConfig."""
+    return type(config).model_validate({**config.model_dump(), **settings})
+
+
 async def _variant(eng, ref, variant: dict, a) -> dict:
     """Correctness, throughput, validation latency and batch independence of one PoC setting."""
     import torch
     from poc_serve.engine.protocol import PoCRound
     res = {"phase": "engine", **variant}
-    eng.config = type(eng.config).model_validate(
-        {**eng.config.model_dump(), **{k: v for k, v in variant.items() if k != "label"}})
+    eng.config = _with_settings(eng.config, {k: v for k, v in variant.items() if k != "label"})
     for seq_len in (64, 256):
         for mode in ("sign_flips", "layer_hooks"):
             out = await eng.compute(PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len, randomization=mode),
@@ -241,7 +245,7 @@ def phase_engine(a):
                 if not variant.pop("profile", False):
                     continue
                 name = variant.pop("label")
-                fwd = type(base).model_validate({**base.model_dump(), **variant})
+                fwd = _with_settings(base, variant)
                 size = fwd.poc_forward_size(64)
                 kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="sign_flips",
                           nonces=list(range(size * fwd.poc_forwards_per_call)), forward_size=size,

@@ -10,7 +10,7 @@ exit, also when the call fails.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -45,18 +45,26 @@ def _causal_sdpa_forward(attn: nn.Module, batch: int, seq_len: int):
 
 
 @contextlib.contextmanager
+def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
+    """Give each module its own ``forward`` (an instance attribute, which ``nn.Module.__call__``
+    finds before the class's) for the duration; removed again on exit, also when the body fails."""
+    try:
+        for module, forward in forwards.items():
+            module.forward = forward
+        yield
+    finally:
+        for module in forwards:
+            module.__dict__.pop("forward", None)
+
+
+@contextlib.contextmanager
 def causal_sdpa_attention(model: nn.Module, batch: int, seq_len: int) -> Iterator[None]:
     """Give every attention layer of ``model`` a self-contained causal SDPA forward."""
     layers = attention_modules(model)
     if not layers:
         raise RuntimeError(f"no vLLM Attention layer found in {type(model).__name__}")
-    try:
-        for attn in layers:
-            attn.forward = _causal_sdpa_forward(attn, batch, seq_len)
+    with _swapped_forwards({attn: _causal_sdpa_forward(attn, batch, seq_len) for attn in layers}):
         yield
-    finally:
-        for attn in layers:
-            attn.__dict__.pop("forward", None)
 
 
 def _fused_qk_norm_rope_forward(block: nn.Module, kernel, dtype: torch.dtype):
@@ -96,13 +104,8 @@ def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     recognises (:func:`uses_fused_qk_norm_rope`); everything is restored on exit.
     """
     kernel, blocks = _fusable_blocks(model, dtype)
-    try:
-        for block in blocks:
-            block.forward = _fused_qk_norm_rope_forward(block, kernel, dtype)
+    with _swapped_forwards({block: _fused_qk_norm_rope_forward(block, kernel, dtype) for block in blocks}):
         yield
-    finally:
-        for block in blocks:
-            block.__dict__.pop("forward", None)
 
 
 @contextlib.contextmanager
