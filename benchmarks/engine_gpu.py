@@ -238,7 +238,11 @@ def phase_engine(a):
         for variant in json.loads(a.variants):
             eng.config = base
             variant.pop("profile", None)
-            emit(await _variant(eng, ref, {"label": f"{label}/{variant.pop('label')}", **variant}, a))
+            name = f"{label}/{variant.pop('label')}"
+            try:
+                emit(await _variant(eng, ref, {"label": name, **variant}, a))
+            except Exception as exc:  # noqa: BLE001 - one failing setting must not cost the others
+                emit({"phase": "engine", "label": name, **variant, "error": repr(exc)[:500]})
         eng.config = base
         if a.profile:
             for variant in json.loads(a.variants):
@@ -249,14 +253,14 @@ def phase_engine(a):
                 size = fwd.poc_forward_size(64)
                 kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="sign_flips",
                           nonces=list(range(size * fwd.poc_forwards_per_call)), forward_size=size,
-                          fuse_qk_norm_rope=fwd.poc_fuse_qk_norm_rope)
+                          **fwd.poc_forward_options())
                 path = os.path.join(OUT, f"profile_{name}.txt")
                 await eng.llm.collective_rpc(_profile_poc_call, args=(kw, path))
                 print(f"PROFILE {name}\n" + open(path).read(), flush=True)
         if a.trace_layer_hooks:
             size = base.poc_forward_size(64)
             kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="layer_hooks",
-                      nonces=list(range(size)), forward_size=size, fuse_qk_norm_rope=base.poc_fuse_qk_norm_rope)
+                      nonces=list(range(size)), forward_size=size, **base.poc_forward_options())
             emit({"phase": "trace_layer_hooks", "label": label,
                   "per_rank": await eng.llm.collective_rpc(_trace_layer_hooks, args=(kw,))})
         if a.memory_search:
@@ -264,8 +268,7 @@ def phase_engine(a):
             for nonces in (1024, 1536, 2048, 3072, 4096, 6144):
                 try:
                     probe = await eng.llm.collective_rpc("poc_memory_probe", kwargs=dict(
-                        seq_len=64, num_nonces=nonces, forward_size=nonces,
-                        fuse_qk_norm_rope=base.poc_fuse_qk_norm_rope))
+                        seq_len=64, num_nonces=nonces, forward_size=nonces, **base.poc_forward_options()))
                     emit({"phase": "memory", "tokens": nonces * 64, "ok": True, "probe": probe})
                 except Exception as exc:  # noqa: BLE001 - the failure is the measurement
                     emit({"phase": "memory", "tokens": nonces * 64, "ok": False, "error": str(exc)[:300]})

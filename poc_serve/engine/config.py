@@ -40,6 +40,13 @@ class EngineConfig(BaseModel):
     poc_fuse_qk_norm_rope: bool = Field(
         True, description="Use vLLM's fused q/k RMSNorm + rotary CUDA kernel in the PoC forward of "
                           "models with q/k norms (Qwen3) where the build has it; off: vLLM's separate ops.")
+    poc_flash_attention: bool = Field(
+        True, description="Attention of the PoC forward through vLLM's FlashAttention varlen kernel (version 3 "
+                          "on Hopper GPUs) where the build has it; off, and on CPUs: torch SDPA.")
+    poc_last_position_only: bool = Field(
+        True, description="Run the final decoder layer's attention output, o_proj and MLP only for each "
+                          "sequence's last position, the one hidden state a PoC distance reads (keys and "
+                          "values still cover every position); off: the whole layer for every position.")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of GPU memory vLLM may take.")
     seed: int = Field(0, description="Engine seed (sampling); PoC results do not depend on it.")
     enforce_eager: bool = Field(False, description="Disable torch.compile and CUDA graphs for inference.")
@@ -61,6 +68,11 @@ class EngineConfig(BaseModel):
         nonce meets the same kernel shapes whatever the request size (batch independence)."""
         tokens = self.poc_forward_tokens or self.max_num_batched_tokens
         return max(1, min(self.max_poc_batch_size, tokens // seq_len))
+
+    def poc_forward_options(self) -> dict[str, bool]:
+        """How the workers run a PoC forward: keyword arguments of ``PoCWorkerExtension.poc_compute``."""
+        return {"fuse_qk_norm_rope": self.poc_fuse_qk_norm_rope, "flash_attention": self.poc_flash_attention,
+                "last_position_only": self.poc_last_position_only}
 
     def poc_batch_size(self, seq_len: int) -> int:
         """Nonces per engine call at ``seq_len`` (the unit of work the round manager hands out)."""

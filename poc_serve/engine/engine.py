@@ -98,7 +98,7 @@ class PoCEngine:
                 results = await self.llm.collective_rpc(
                     "poc_memory_probe", timeout=cfg.rpc_timeout_s,
                     kwargs=dict(seq_len=seq_len, num_nonces=nonces, forward_size=forward,
-                                fuse_qk_norm_rope=cfg.poc_fuse_qk_norm_rope))
+                                **cfg.poc_forward_options()))
             except Exception as exc:
                 if "out of memory" not in str(exc).lower():
                     raise
@@ -138,7 +138,7 @@ class PoCEngine:
             "poc_compute", timeout=self.config.rpc_timeout_s,
             kwargs=dict(block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
                         randomization=round.randomization, nonces=nonces, forward_size=forward_size,
-                        fuse_qk_norm_rope=self.config.poc_fuse_qk_norm_rope, return_hidden=return_hidden))
+                        return_hidden=return_hidden, **self.config.poc_forward_options()))
         # Only the last pipeline stage answers; its tensor-parallel ranks give equal answers.
         answers = [r for r in results if r is not None]
         if not answers:

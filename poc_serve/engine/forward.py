@@ -3,8 +3,9 @@
 A vLLM attention layer reads KV-cache slots and metadata that only the scheduler builds, so a
 direct forward would read garbage. For the duration of one PoC call every ``Attention`` module
 gets a forward that computes plain causal attention over the batch's own q, k, v; no KV block is
-read or written, so live inference on the same engine is unaffected. Everything is restored on
-exit, also when the call fails.
+read or written, so live inference on the same engine is unaffected. A PoC distance reads one
+hidden state per nonce (the last position's), so the final decoder layer can skip the rest of its
+rows after keys and values. Everything is restored on exit, also when the call fails.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from poc_serve.engine.vllm_compat import (
     attention_modules,
     attention_scale,
     decoder_layers,
+    decoder_stack,
+    final_decoder_layer,
+    flash_attention_varlen,
     fused_qk_norm_rope_kernel,
     qk_norm_attention_blocks,
     qk_norm_rope_arguments,
@@ -27,19 +31,67 @@ from poc_serve.engine.vllm_compat import (
 from poc_serve.poc import layer_householder, layer_transform
 
 
-def _causal_sdpa_forward(attn: nn.Module, batch: int, seq_len: int):
+def _causal_attention_forward(attn: nn.Module, batch: int, seq_len: int, flash: tuple | None, last_only: bool):
+    """Causal attention of each sequence over its own keys; with ``last_only``, for the last query
+    of each sequence only (rows ``[batch, heads * head_size]``)."""
     heads, kv_heads, head_size = attn.num_heads, attn.num_kv_heads, attn.head_size
     scale = attention_scale(attn)
+    if flash is not None:
+        varlen, version = flash
+        cu_seqlens: dict[str, torch.Tensor] = {}  # built on the first call, on the queries' device
 
-    def forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        def flash_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            if not cu_seqlens:
+                cu_seqlens["k"] = torch.arange(0, (batch + 1) * seq_len, seq_len, dtype=torch.int32,
+                                               device=query.device)
+                cu_seqlens["q"] = (torch.arange(batch + 1, dtype=torch.int32, device=query.device)
+                                   if last_only else cu_seqlens["k"])
+            # Views of the qkv rows, no copies. FlashAttention aligns the causal mask bottom-right,
+            # so the one query per sequence of last_only sees all of that sequence's keys.
+            if last_only:
+                q = query.view(batch, seq_len, heads, head_size)[:, -1].contiguous()
+            else:
+                q = query.view(-1, heads, head_size)
+            out = varlen(q, key.view(-1, kv_heads, head_size), value.view(-1, kv_heads, head_size),
+                         max_seqlen_q=1 if last_only else seq_len, cu_seqlens_q=cu_seqlens["q"],
+                         max_seqlen_k=seq_len, cu_seqlens_k=cu_seqlens["k"], softmax_scale=scale,
+                         causal=True, fa_version=version)
+            return out.view(-1, heads * head_size)
+
+        return flash_forward
+
+    def sdpa_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         # Strided views, no copies: making q/k/v contiguous first cost 31 ms per 1024 nonces on H100.
         q = query.view(batch, seq_len, heads, head_size).transpose(1, 2)
         k = key.view(batch, seq_len, kv_heads, head_size).transpose(1, 2)
         v = value.view(batch, seq_len, kv_heads, head_size).transpose(1, 2)
+        if last_only:
+            q = q[:, :, -1:]  # SDPA aligns the causal mask top-left: the last query needs no mask
         # Grouped KV heads through SDPA's native GQA: copying the KV heads instead measured 12% slower
         # on an H100 (5,326 vs 6,024 nonces/s, docs/benchmarks.md).
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale, enable_gqa=kv_heads != heads)
-        return out.transpose(1, 2).reshape(batch * seq_len, heads * head_size)
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=not last_only, scale=scale,
+                                             enable_gqa=kv_heads != heads)
+        return out.transpose(1, 2).reshape(-1, heads * head_size)
+
+    return sdpa_forward
+
+
+def _last_position_layer_forward(layer: nn.Module, batch: int, seq_len: int):
+    """The forward of vLLM's Llama/Qwen decoder layers, from the attention output on for each
+    sequence's last position only (its attention returns just those rows)."""
+
+    def forward(positions: torch.Tensor, hidden_states: torch.Tensor,
+                residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            residual = hidden_states
+            hidden_states = layer.input_layernorm(hidden_states)
+        else:
+            hidden_states, residual = layer.input_layernorm(hidden_states, residual)
+        hidden_states = layer.self_attn(positions=positions, hidden_states=hidden_states)
+        # The fused add + norm writes its inputs in place: the selected rows get their own storage.
+        residual = residual.view(batch, seq_len, -1)[:, -1].contiguous()
+        hidden_states, residual = layer.post_attention_layernorm(hidden_states, residual)
+        return layer.mlp(hidden_states), residual
 
     return forward
 
@@ -58,12 +110,27 @@ def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def causal_sdpa_attention(model: nn.Module, batch: int, seq_len: int) -> Iterator[None]:
-    """Give every attention layer of ``model`` a self-contained causal SDPA forward."""
+def poc_attention(model: nn.Module, batch: int, seq_len: int, flash_attention: bool = True,
+                  last_position_only: bool = True) -> Iterator[None]:
+    """Give every attention layer of ``model`` a self-contained causal attention forward.
+
+    ``flash_attention``: vLLM's FlashAttention varlen kernel (version 3 on Hopper) where the build
+    has it, else torch SDPA. ``last_position_only``: the model's final decoder layer (where this
+    pipeline stage has it) still computes keys and values for every position, but the attention
+    output, o_proj and MLP only for each sequence's last position, the one hidden state the PoC
+    distance reads; the model then returns ``[batch, hidden]`` rows instead of ``[batch * seq_len, hidden]``.
+    """
     layers = attention_modules(model)
     if not layers:
         raise RuntimeError(f"no vLLM Attention layer found in {type(model).__name__}")
-    with _swapped_forwards({attn: _causal_sdpa_forward(attn, batch, seq_len) for attn in layers}):
+    flash = flash_attention_varlen() if flash_attention else None
+    final = final_decoder_layer(decoder_stack(model)) if last_position_only else None
+    trimmed = set(attention_modules(final)) if final is not None else set()
+    forwards: dict[nn.Module, Callable] = {
+        attn: _causal_attention_forward(attn, batch, seq_len, flash, attn in trimmed) for attn in layers}
+    if final is not None:
+        forwards[final] = _last_position_layer_forward(final, batch, seq_len)
+    with _swapped_forwards(forwards):
         yield
 
 

