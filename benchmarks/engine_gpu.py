@@ -111,12 +111,21 @@ def _profile_poc_call(worker, kwargs: dict, path: str) -> None:
     from torch.profiler import ProfilerActivity, profile
     worker.poc_compute(**kwargs)
     torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(3):
+        worker.poc_compute(**kwargs)
+    wall_ms = (time.perf_counter() - t0) / 3 * 1000  # the call as the worker sees it, unprofiled
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         worker.poc_compute(**kwargs)
         torch.cuda.synchronize()
     if worker.rank == 0:
         with open(path, "w") as f:
+            f.write(f"{len(kwargs['nonces'])} nonces, worker wall time per call {wall_ms:.1f} ms (unprofiled)\n")
             f.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30))
+
+
+def _rpc_noop(worker) -> None:
+    """Runs INSIDE each vLLM worker: nothing (times the engine's call round trip)."""
 
 
 def _trace_layer_hooks(worker, kwargs: dict) -> list:
@@ -257,6 +266,12 @@ def phase_engine(a):
                 path = os.path.join(OUT, f"profile_{name}.txt")
                 await eng.llm.collective_rpc(_profile_poc_call, args=(kw, path))
                 print(f"PROFILE {name}\n" + open(path).read(), flush=True)
+            times = []
+            for _ in range(20):
+                t0 = time.perf_counter()
+                await eng.llm.collective_rpc(_rpc_noop)
+                times.append(time.perf_counter() - t0)
+            emit({"phase": "rpc_roundtrip", "label": label, "median_ms": round(sorted(times)[10] * 1000, 2)})
         if a.trace_layer_hooks:
             size = base.poc_forward_size(64)
             kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="layer_hooks",
