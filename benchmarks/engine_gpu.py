@@ -121,7 +121,28 @@ def _profile_poc_call(worker, kwargs: dict, path: str) -> None:
     if worker.rank == 0:
         with open(path, "w") as f:
             f.write(f"{len(kwargs['nonces'])} nonces, worker wall time per call {wall_ms:.1f} ms (unprofiled)\n")
+            f.write(_gpu_idle(prof) + "\n")
             f.write(prof.key_averages().table(sort_by="self_device_time_total", row_limit=30))
+
+
+def _gpu_idle(prof) -> str:
+    """Where the GPU waited during the profiled call: the span from its first to its last kernel,
+    the time no kernel ran, and the longest gaps with the kernels on either side."""
+    from torch.autograd import DeviceType
+    spans = sorted((e.time_range.start, e.time_range.end, e.name) for e in prof.events()
+                   if e.device_type == DeviceType.CUDA and e.name != "Command Buffer Full")
+    if not spans:
+        return "no kernels recorded"
+    first, end, last_name = spans[0][0], spans[0][0], ""
+    idle, gaps = 0.0, []
+    for start, stop, name in spans:
+        if start > end:
+            idle += start - end
+            gaps.append((start - end, last_name[:40], name[:40]))
+        if stop > end:
+            end, last_name = stop, name
+    top = "; ".join(f"{g / 1000:.2f} ms after {a!r} before {b!r}" for g, a, b in sorted(gaps, reverse=True)[:5])
+    return f"kernel span {(end - first) / 1000:.1f} ms, GPU idle {idle / 1000:.1f} ms in {len(gaps)} gaps; longest: {top}"
 
 
 def _rpc_noop(worker) -> None:
