@@ -31,9 +31,9 @@ class ProbingWorkers:
             raise self.error
         tokens = kwargs["seq_len"] * kwargs["num_nonces"]
         return [{"peak_bytes": tokens * 1000, "available_bytes": 9 * GIB, "total_bytes": 80 * GIB,
-                 "fused_qk_norm_rope": True},
+                 "fused_qk_norm_rope": True, "attention": "fa3"},
                 {"peak_bytes": tokens * 1100, "available_bytes": 8 * GIB, "total_bytes": 80 * GIB,
-                 "fused_qk_norm_rope": False}]
+                 "fused_qk_norm_rope": False, "attention": "fa3"}]
 
 
 def engine_with(workers: ProbingWorkers, forward_tokens: int = 32768) -> PoCEngine:
@@ -45,12 +45,16 @@ def engine_with(workers: ProbingWorkers, forward_tokens: int = 32768) -> PoCEngi
 
 def test_probes_whole_calls_with_the_most_nonces_and_the_longest_sequence_keeping_the_worst_rank():
     workers = ProbingWorkers()
-    probes = asyncio.run(engine_with(workers).check_memory())
+    engine = engine_with(workers)
+    probes = asyncio.run(engine.check_memory())
     # 32768 tokens: forwards of 1024 nonces (max_poc_batch_size) at seq_len 32 and of 16 nonces at
     # max_model_len; a call holds 4 forwards.
     assert [(m, k["seq_len"], k["forward_size"], k["num_nonces"]) for m, k in workers.calls] == [
         ("poc_memory_probe", 32, 1024, 4096), ("poc_memory_probe", 2048, 16, 64)]
-    worst = dict(peak_bytes=4 * 32768 * 1100, available_bytes=8 * GIB, fused_qk_norm_rope=False)
+    # The probe runs the kernels the engine's calls run.
+    assert all({k: kw[k] for k in ("fuse_qk_norm_rope", "flash_attention", "last_position_only")}
+               == engine.config.poc_forward_options() for _, kw in workers.calls)
+    worst = dict(peak_bytes=4 * 32768 * 1100, available_bytes=8 * GIB, fused_qk_norm_rope=False, attention="fa3")
     assert probes == [{"seq_len": 32, "forward_size": 1024, "num_nonces": 4096, **worst},
                       {"seq_len": 2048, "forward_size": 16, "num_nonces": 64, **worst}]
 

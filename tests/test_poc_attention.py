@@ -11,6 +11,7 @@ arguments (against a plain-torch implementation of FlashAttention's varlen contr
 
 from __future__ import annotations
 
+import contextlib
 import math
 from types import SimpleNamespace
 
@@ -62,19 +63,26 @@ class SelfAttention(nn.Module):
 
 
 class AddNorm(nn.Module):
-    """vLLM's RMSNorm convention: ``norm(x)``, or ``(norm(x + residual), x + residual)``."""
+    """vLLM's RMSNorm convention: ``norm(x)``, or ``(norm(x + residual), x + residual)`` written in
+    place into ``x`` and ``residual``, which (as for vLLM's fused kernel) must be contiguous."""
 
     def __init__(self):
         super().__init__()
         self.weight = nn.Parameter(1 + 0.1 * torch.randn(HIDDEN))
 
+    def norm(self, x):
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
+
     def forward(self, x, residual=None):
-        summed = x if residual is None else x + residual
-        out = summed * torch.rsqrt(summed.pow(2).mean(-1, keepdim=True) + 1e-6) * self.weight
-        return out if residual is None else (out, summed)
+        if residual is None:
+            return self.norm(x)
+        assert x.is_contiguous() and residual.is_contiguous(), "fused add + RMSNorm needs contiguous rows"
+        residual.add_(x)
+        x.copy_(self.norm(residual))
+        return x, residual
 
 
-class DecoderLayer(nn.Module):
+class Qwen3DecoderLayer(nn.Module):
     def __init__(self):
         super().__init__()
         self.input_layernorm, self.post_attention_layernorm = AddNorm(), AddNorm()
@@ -95,7 +103,7 @@ class DecoderLayer(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, end_layer: int = LAYERS):
         super().__init__()
-        self.layers = nn.ModuleList(DecoderLayer() for _ in range(LAYERS))
+        self.layers = nn.ModuleList(Qwen3DecoderLayer() for _ in range(LAYERS))
         self.start_layer, self.end_layer = 0, end_layer
         self.norm = AddNorm()
 
@@ -131,11 +139,14 @@ def build(end_layer: int = LAYERS) -> nn.Module:
     return model
 
 
-def run(model, **options):
-    """The decoder's output through the swap (``options`` as for ``poc_attention``)."""
+def run(model, dtype=torch.bfloat16, hooks=False, **options):
+    """The decoder's output through the swap (``options`` as for ``poc_attention``). ``dtype`` is
+    the model dtype the kernel choice sees; the stand-in computes in float32 for tight comparisons."""
     torch.manual_seed(1)
     embeds = torch.randn(BATCH * SEQ_LEN, HIDDEN)
-    with torch.no_grad(), forward.poc_attention(model, BATCH, SEQ_LEN, **options):
+    layer_hooks = (forward.householder_layer_hooks(model.model, "block", HIDDEN, "cpu") if hooks
+                   else contextlib.nullcontext())
+    with torch.no_grad(), forward.poc_attention(model, BATCH, SEQ_LEN, dtype, **options), layer_hooks:
         return model.model(torch.arange(SEQ_LEN).repeat(BATCH), embeds)
 
 
@@ -152,9 +163,9 @@ def reference(model):
 
 @pytest.fixture(params=["sdpa", "flash"])
 def kernel(request, monkeypatch):
+    """Every test using it runs twice: with torch SDPA and with (a stand-in of) FlashAttention."""
     flash = (torch_flash_attn_varlen, 3) if request.param == "flash" else None
     monkeypatch.setattr(forward, "flash_attention_varlen", lambda: flash)
-    return request.param
 
 
 def test_all_positions_match_plain_causal_attention(kernel):
@@ -172,6 +183,35 @@ def test_last_position_only_gives_the_last_rows_of_the_full_forward(kernel):
     assert not torch.allclose(got, full[:, -2], atol=1e-3)
 
 
+def test_last_position_only_with_layer_hooks(kernel):
+    """The hooks transform the final layer's (hidden, residual) rows, however many there are."""
+    full = run(build(), hooks=True, last_position_only=False).view(BATCH, SEQ_LEN, HIDDEN)
+    got = run(build(), hooks=True, last_position_only=True)
+    torch.testing.assert_close(got, full[:, -1], atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(got, run(build(), last_position_only=True), atol=1e-3)  # the hooks acted
+
+
+def test_an_unknown_final_layer_runs_every_position(kernel):
+    model = build()
+    model.model.layers[-1].__class__ = type("GemmaLikeDecoderLayer", (Qwen3DecoderLayer,), {})
+    got = run(model, last_position_only=True)
+    assert got.shape == (BATCH * SEQ_LEN, HIDDEN)
+    torch.testing.assert_close(got, reference(build()), atol=1e-5, rtol=1e-5)
+
+
+def test_flash_attention_only_for_16_bit_models_and_where_vllm_has_it(monkeypatch):
+    monkeypatch.setattr(forward, "flash_attention_varlen", lambda: (torch_flash_attn_varlen, 3))
+    assert forward.attention_kernel(True, torch.bfloat16) == "fa3"
+    assert forward.attention_kernel(True, torch.float16) == "fa3"
+    assert forward.attention_kernel(True, torch.float32) == "sdpa"
+    assert forward.attention_kernel(False, torch.bfloat16) == "sdpa"
+    # A float32 model runs SDPA even where FlashAttention exists (it takes 16-bit inputs only).
+    torch.testing.assert_close(run(build(), dtype=torch.float32, last_position_only=False), reference(build()),
+                               atol=1e-5, rtol=1e-5)
+    monkeypatch.setattr(forward, "flash_attention_varlen", lambda: None)
+    assert forward.attention_kernel(True, torch.bfloat16) == "sdpa"
+
+
 def test_a_pipeline_stage_without_the_final_layer_runs_every_position(kernel):
     got = run(build(end_layer=LAYERS - 1), last_position_only=True)
     assert got.shape == (BATCH * SEQ_LEN, HIDDEN)
@@ -181,7 +221,7 @@ def test_a_pipeline_stage_without_the_final_layer_runs_every_position(kernel):
 def test_swaps_are_undone_also_when_the_forward_fails():
     model = build()
     with pytest.raises(RuntimeError, match="boom"):
-        with forward.poc_attention(model, BATCH, SEQ_LEN):
+        with forward.poc_attention(model, BATCH, SEQ_LEN, torch.bfloat16):
             assert "forward" in model.model.layers[-1].__dict__
             raise RuntimeError("boom")
     assert not any("forward" in m.__dict__ for m in model.modules())
@@ -191,5 +231,5 @@ def test_swaps_are_undone_also_when_the_forward_fails():
 
 def test_a_model_without_vllm_attention_is_refused():
     with pytest.raises(RuntimeError, match="no vLLM Attention layer"):
-        with forward.poc_attention(nn.Linear(2, 2), BATCH, SEQ_LEN):
+        with forward.poc_attention(nn.Linear(2, 2), BATCH, SEQ_LEN, torch.bfloat16):
             pass

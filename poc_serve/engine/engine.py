@@ -109,11 +109,13 @@ class PoCEngine:
             probe = {"seq_len": seq_len, "forward_size": forward, "num_nonces": nonces,
                      "peak_bytes": max(r["peak_bytes"] for r in results),
                      "available_bytes": min(r["available_bytes"] for r in results),
-                     "fused_qk_norm_rope": all(r["fused_qk_norm_rope"] for r in results)}
+                     "fused_qk_norm_rope": all(r["fused_qk_norm_rope"] for r in results),
+                     "attention": results[0]["attention"]}
             probes.append(probe)
-            logger.info("PoC call of %d nonces x seq_len %d (%d per forward, fused q/k norm + rotary: %s): "
-                        "peak %.2f GiB, %.2f GiB still available", nonces, seq_len, forward,
-                        probe["fused_qk_norm_rope"], probe["peak_bytes"] / 2**30, probe["available_bytes"] / 2**30)
+            logger.info("PoC call of %d nonces x seq_len %d (%d per forward, fused q/k norm + rotary: %s, "
+                        "attention: %s): peak %.2f GiB, %.2f GiB still available", nonces, seq_len, forward,
+                        probe["fused_qk_norm_rope"], probe["attention"], probe["peak_bytes"] / 2**30,
+                        probe["available_bytes"] / 2**30)
         return probes
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:

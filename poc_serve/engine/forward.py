@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from poc_serve.engine.vllm_compat import (
+    LLAMA_STYLE_DECODER_LAYERS,
     attention_modules,
     attention_scale,
     decoder_layers,
@@ -31,30 +32,27 @@ from poc_serve.engine.vllm_compat import (
 from poc_serve.poc import layer_householder, layer_transform
 
 
-def _causal_attention_forward(attn: nn.Module, batch: int, seq_len: int, flash: tuple | None, last_only: bool):
+def _causal_attention_forward(attn: nn.Module, batch: int, seq_len: int, flash: tuple | None,
+                              cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None, last_only: bool):
     """Causal attention of each sequence over its own keys; with ``last_only``, for the last query
-    of each sequence only (rows ``[batch, heads * head_size]``)."""
+    of each sequence only (rows ``[batch, heads * head_size]``). ``flash``: vLLM's FlashAttention
+    ``(varlen function, version)`` with ``cu_seqlens`` = (sequence starts in q, in k/v), or None for SDPA."""
     heads, kv_heads, head_size = attn.num_heads, attn.num_kv_heads, attn.head_size
     scale = attention_scale(attn)
     if flash is not None:
         varlen, version = flash
-        cu_seqlens: dict[str, torch.Tensor] = {}  # built on the first call, on the queries' device
+        cu_seqlens_q, cu_seqlens_k = cu_seqlens
 
         def flash_forward(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-            if not cu_seqlens:
-                cu_seqlens["k"] = torch.arange(0, (batch + 1) * seq_len, seq_len, dtype=torch.int32,
-                                               device=query.device)
-                cu_seqlens["q"] = (torch.arange(batch + 1, dtype=torch.int32, device=query.device)
-                                   if last_only else cu_seqlens["k"])
-            # Views of the qkv rows, no copies. FlashAttention aligns the causal mask bottom-right,
-            # so the one query per sequence of last_only sees all of that sequence's keys.
+            # k, v (and q for every position) are views of the qkv rows. FlashAttention aligns the
+            # causal mask bottom-right, so one query per sequence sees all of that sequence's keys.
             if last_only:
-                q = query.view(batch, seq_len, heads, head_size)[:, -1].contiguous()
+                q = query.view(batch, seq_len, heads, head_size)[:, -1].contiguous()  # batch rows
             else:
                 q = query.view(-1, heads, head_size)
             out = varlen(q, key.view(-1, kv_heads, head_size), value.view(-1, kv_heads, head_size),
-                         max_seqlen_q=1 if last_only else seq_len, cu_seqlens_q=cu_seqlens["q"],
-                         max_seqlen_k=seq_len, cu_seqlens_k=cu_seqlens["k"], softmax_scale=scale,
+                         max_seqlen_q=1 if last_only else seq_len, cu_seqlens_q=cu_seqlens_q,
+                         max_seqlen_k=seq_len, cu_seqlens_k=cu_seqlens_k, softmax_scale=scale,
                          causal=True, fa_version=version)
             return out.view(-1, heads * head_size)
 
@@ -109,25 +107,48 @@ def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
             module.__dict__.pop("forward", None)
 
 
+def _flash_kernel(flash_attention: bool, dtype: torch.dtype) -> tuple | None:
+    if not flash_attention or dtype not in (torch.bfloat16, torch.float16):  # FlashAttention: 16-bit only
+        return None
+    return flash_attention_varlen()
+
+
+def attention_kernel(flash_attention: bool, dtype: torch.dtype) -> str:
+    """The attention kernel :func:`poc_attention` runs on this build: "fa3", "fa2" or "sdpa"."""
+    flash = _flash_kernel(flash_attention, dtype)
+    return f"fa{flash[1]}" if flash else "sdpa"
+
+
 @contextlib.contextmanager
-def poc_attention(model: nn.Module, batch: int, seq_len: int, flash_attention: bool = True,
+def poc_attention(model: nn.Module, batch: int, seq_len: int, dtype: torch.dtype, flash_attention: bool = True,
                   last_position_only: bool = True) -> Iterator[None]:
     """Give every attention layer of ``model`` a self-contained causal attention forward.
 
     ``flash_attention``: vLLM's FlashAttention varlen kernel (version 3 on Hopper) where the build
-    has it, else torch SDPA. ``last_position_only``: the model's final decoder layer (where this
-    pipeline stage has it) still computes keys and values for every position, but the attention
-    output, o_proj and MLP only for each sequence's last position, the one hidden state the PoC
-    distance reads; the model then returns ``[batch, hidden]`` rows instead of ``[batch * seq_len, hidden]``.
+    has it and the model is 16-bit, else torch SDPA (:func:`attention_kernel` says which).
+    ``last_position_only``: the model's final decoder layer (where this pipeline stage has it and
+    it is a Llama/Qwen-style layer) still computes keys and values for every position, but the
+    attention output, o_proj and MLP only for each sequence's last position, the one hidden state
+    the PoC distance reads; the model then returns ``[batch, hidden]`` rows instead of
+    ``[batch * seq_len, hidden]``.
     """
     layers = attention_modules(model)
     if not layers:
         raise RuntimeError(f"no vLLM Attention layer found in {type(model).__name__}")
-    flash = flash_attention_varlen() if flash_attention else None
     final = final_decoder_layer(decoder_stack(model)) if last_position_only else None
+    if type(final).__name__ not in LLAMA_STYLE_DECODER_LAYERS:
+        final = None  # another layer forward: run it whole rather than guess its maths
     trimmed = set(attention_modules(final)) if final is not None else set()
-    forwards: dict[nn.Module, Callable] = {
-        attn: _causal_attention_forward(attn, batch, seq_len, flash, attn in trimmed) for attn in layers}
+    flash, cu_seqlens = _flash_kernel(flash_attention, dtype), None
+    if flash is not None:  # sequence starts, shared by all layers: one query per sequence, or all
+        device = next(model.parameters()).device
+        every = torch.arange(0, (batch + 1) * seq_len, seq_len, dtype=torch.int32, device=device)
+        last = torch.arange(batch + 1, dtype=torch.int32, device=device)
+    forwards: dict[nn.Module, Callable] = {}
+    for attn in layers:
+        if flash is not None:
+            cu_seqlens = (last, every) if attn in trimmed else (every, every)
+        forwards[attn] = _causal_attention_forward(attn, batch, seq_len, flash, cu_seqlens, attn in trimmed)
     if final is not None:
         forwards[final] = _last_position_layer_forward(final, batch, seq_len)
     with _swapped_forwards(forwards):

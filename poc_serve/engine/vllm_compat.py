@@ -24,11 +24,15 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
     REQUEST_ERRORS = (ValueError, TypeError)
 
 __all__ = [
-    "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors", "SamplingParams",
-    "attention_modules", "attention_scale", "decoder_layers", "decoder_stack", "final_decoder_layer",
-    "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group", "get_tp_group", "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
-    "worker_model",
+    "LLAMA_STYLE_DECODER_LAYERS", "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors",
+    "SamplingParams", "attention_modules", "attention_scale", "decoder_layers", "decoder_stack",
+    "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
+    "get_tp_group", "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments", "worker_model",
 ]
+
+# vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
+# with vLLM's (hidden_states, residual) convention: the forward the PoC's final layer mirrors.
+LLAMA_STYLE_DECODER_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
 
 
 def worker_model(worker: Any) -> nn.Module:

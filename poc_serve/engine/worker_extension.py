@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from poc_serve.engine.forward import (
+    attention_kernel,
     fused_qk_norm_rope,
     householder_layer_hooks,
     poc_attention,
@@ -56,7 +57,7 @@ class PoCWorkerExtension:
         hooks = (householder_layer_hooks(decoder, block_hash, hidden_size, device)
                  if randomization == "layer_hooks" else contextlib.nullcontext())
         fused = fused_qk_norm_rope(model, dtype) if fuse_qk_norm_rope else contextlib.nullcontext()
-        attention = poc_attention(model, forward_size, seq_len, flash_attention, last_position_only)
+        attention = poc_attention(model, forward_size, seq_len, dtype, flash_attention, last_position_only)
         with torch.inference_mode(), attention, fused, hooks:
             positions = torch.arange(seq_len, device=device).repeat(forward_size)
             lasts, distances = [], []
@@ -95,23 +96,24 @@ class PoCWorkerExtension:
         # [batch * seq_len, hidden], or [batch, hidden] when the final layer ran last positions only
         return out.view(batch, -1, hidden_size)[:, -1].float()
 
-    def poc_memory_probe(self, seq_len: int, num_nonces: int, forward_size: int,
-                         **forward_options: bool) -> dict[str, Any]:
+    def poc_memory_probe(self, seq_len: int, num_nonces: int, forward_size: int, fuse_qk_norm_rope: bool = True,
+                         flash_attention: bool = True, last_position_only: bool = True) -> dict[str, Any]:
         """Run one PoC call of ``num_nonces`` nonces in both randomisation modes and report this
         worker's GPU memory: the call's peak above the resting allocation, what is still available
-        after it (free device memory plus the allocator's unused cache), and whether the fused
-        q/k-norm + rotary kernel is in use. ``forward_options`` as for :meth:`poc_compute`."""
+        after it (free device memory plus the allocator's unused cache), and the kernels in use
+        (fused q/k-norm + rotary or not; attention "fa3", "fa2" or "sdpa"). Flags as for
+        :meth:`poc_compute`."""
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         resting = torch.cuda.memory_allocated()
         for mode in ("sign_flips", "layer_hooks"):
-            self.poc_compute("memory_probe", "memory_probe", seq_len, mode, list(range(num_nonces)),
-                             forward_size, **forward_options)
+            self.poc_compute("memory_probe", "memory_probe", seq_len, mode, list(range(num_nonces)), forward_size,
+                             fuse_qk_norm_rope, flash_attention, last_position_only)
         torch.cuda.synchronize()
         free, total = torch.cuda.mem_get_info()
-        model = worker_model(self)
+        model, dtype = worker_model(self), model_dtype(self)
         return {"peak_bytes": torch.cuda.max_memory_allocated() - resting,
                 "available_bytes": free + torch.cuda.memory_reserved() - torch.cuda.memory_allocated(),
                 "total_bytes": total,
-                "fused_qk_norm_rope": (forward_options.get("fuse_qk_norm_rope", True)
-                                       and uses_fused_qk_norm_rope(model, model_dtype(self)))}
+                "fused_qk_norm_rope": fuse_qk_norm_rope and uses_fused_qk_norm_rope(model, dtype),
+                "attention": attention_kernel(flash_attention, dtype)}
