@@ -63,11 +63,14 @@ class EngineConfig(BaseModel):
                              f"activation memory for max_num_batched_tokens only; raise that instead")
         return self
 
+    def poc_tokens_per_forward(self) -> int:
+        """The token budget of one PoC forward: ``poc_forward_tokens``, else ``max_num_batched_tokens``."""
+        return self.poc_forward_tokens or self.max_num_batched_tokens
+
     def poc_forward_size(self, seq_len: int) -> int:
         """Nonces per PoC forward at ``seq_len``: fixed for a given configuration, so that every
         nonce meets the same kernel shapes whatever the request size (batch independence)."""
-        tokens = self.poc_forward_tokens or self.max_num_batched_tokens
-        return max(1, min(self.max_poc_batch_size, tokens // seq_len))
+        return max(1, min(self.max_poc_batch_size, self.poc_tokens_per_forward() // seq_len))
 
     def poc_forward_options(self) -> dict[str, bool]:
         """How the workers run a PoC forward: keyword arguments of ``PoCWorkerExtension.poc_compute``."""

@@ -89,8 +89,7 @@ class PoCEngine:
         nonce if ``seq_len`` is longer), inside what vLLM's memory profile reserved, so this fails
         only when something else took the memory; it fails before the replica takes work."""
         cfg = self.config
-        tokens = cfg.poc_forward_tokens or cfg.max_num_batched_tokens
-        shortest = -(-tokens // cfg.max_poc_batch_size)  # ceil: the shortest seq_len with the most nonces
+        shortest = -(-cfg.poc_tokens_per_forward() // cfg.max_poc_batch_size)  # ceil: the shortest seq_len with the most nonces
         probes = []
         for seq_len in sorted({min(shortest, self.max_model_len), self.max_model_len}):
             forward, nonces = cfg.poc_forward_size(seq_len), cfg.poc_batch_size(seq_len)
