@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import subprocess
@@ -102,6 +103,48 @@ def phase_baseline(a):
             sync()
         emit({"phase": "baseline", "seq_len": seq_len, "batch": batch,
               "nonces_per_s": round(a.iters * batch / (time.time() - t), 1)})
+
+
+def phase_gemm(a):
+    """The PoC forward's GEMMs alone (cuBLAS, bf16, the model's shapes, the final layer at the last
+    positions only), back to back for ``--gemm-seconds`` per seq_len: the rate that fusing every
+    other kernel away could at most reach, at the clock the board sustains under GEMM load."""
+    import torch
+    cfg = json.load(open(os.path.join(a.model_dir, "config.json")))
+    hidden, inter, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    head_dim = cfg.get("head_dim") or hidden // cfg["num_attention_heads"]
+    q, kv = cfg["num_attention_heads"] * head_dim, cfg["num_key_value_heads"] * head_dim
+    shapes = {"qkv": (q + 2 * kv, hidden), "o_proj": (hidden, q), "gate_up": (2 * inter, hidden),
+              "down": (hidden, inter)}
+    weights = {k: torch.randn(n, m, device="cuda", dtype=torch.bfloat16) * 0.02 for k, (n, m) in shapes.items()}
+    res = {"phase": "gemm", "forward_tokens": a.gemm_tokens}
+    for seq_len in (64, 256):
+        batch = a.gemm_tokens // seq_len
+        tokens = batch * seq_len
+        inputs = {k: torch.randn(tokens, m, device="cuda", dtype=torch.bfloat16) for k, (n, m) in shapes.items()}
+        outs = {k: torch.empty(tokens, n, device="cuda", dtype=torch.bfloat16) for k, (n, m) in shapes.items()}
+
+        def forward():
+            for layer in range(layers):
+                for k, w in weights.items():  # the final layer: keys/values everywhere, the rest at last positions
+                    rows = batch if layer == layers - 1 and k != "qkv" else tokens
+                    torch.mm(inputs[k][:rows], w.t(), out=outs[k][:rows])
+
+        rows = {k: tokens * layers if k == "qkv" else tokens * (layers - 1) + batch for k in shapes}
+        flop = 2 * sum(rows[k] * n * m for k, (n, m) in shapes.items())
+        forward(); sync()
+        with GpuClockSampler() as clocks:
+            t0, n = time.time(), 0
+            while time.time() - t0 < a.gemm_seconds:
+                for _ in range(10):
+                    forward()
+                sync()
+                n += 10
+            seconds = time.time() - t0
+        res[f"rate_{seq_len}"] = round(n * batch / seconds, 1)
+        res[f"tflops_{seq_len}"] = round(n * flop / seconds / 1e12, 1)
+        res[f"gpu_{seq_len}"] = clocks.summary
+    emit(res)
 
 
 def _profile_poc_call(worker, kwargs: dict, path: str) -> None:
@@ -217,7 +260,9 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
             cos = torch.nn.functional.cosine_similarity(torch.tensor(out.hidden), r["hidden"], dim=-1)
             dd = (torch.tensor(out.distances) - r["dist"]).abs()
             res[f"check_{seq_len}_{mode}"] = {"min_cos": round(cos.min().item(), 6), "max_dist_err": float(dd.max()),
-                                              "mean_dist_err": float(dd.mean()), "n_over_1e-3": int((dd > 1e-3).sum())}
+                                              "mean_dist_err": float(dd.mean()), "n_over_1e-3": int((dd > 1e-3).sum()),
+                                              # equal digests across engines and settings: bit-identical distances
+                                              "digest": hashlib.sha1(repr(out.distances).encode()).hexdigest()[:12]}
         # Throughput of the engine call (input generation, forwards, post-processing, RPC).
         round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len)
         size = eng.batch_size(seq_len)
@@ -241,6 +286,29 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
         times.append(time.time() - t0)
     res["validate_200_s"] = {"median": round(sorted(times)[2], 4), "min": round(min(times), 4)}
     return res
+
+
+async def _inference_rate(eng, requests: int = 64, prompt_len: int = 128, new_tokens: int = 128) -> dict:
+    """Output tokens/s of a batch of greedy generations (random prompt ids), all submitted at once,
+    after one warm request: inference on the same engine, eager or compiled."""
+    import torch
+    vocab = eng.llm.model_config.get_vocab_size()
+    gen = torch.Generator().manual_seed(0)
+    prompts = [torch.randint(0, vocab, (prompt_len,), generator=gen).tolist() for _ in range(requests)]
+    sampling = dict(max_tokens=new_tokens, ignore_eos=True, temperature=0.0)
+
+    async def one(i: int) -> int:
+        tokens = 0
+        async for step in eng.generate(prompts[i], sampling, request_id=f"bench-{i}-{time.time()}"):
+            tokens = step["completion_tokens"]
+        return tokens
+
+    await one(0)
+    t0 = time.time()
+    tokens = sum(await asyncio.gather(*(one(i) for i in range(requests))))
+    seconds = time.time() - t0
+    return {"requests": requests, "prompt_len": prompt_len, "output_tokens": tokens,
+            "seconds": round(seconds, 2), "output_tokens_per_s": round(tokens / seconds, 1)}
 
 
 def phase_engine(a):
@@ -280,19 +348,22 @@ def phase_engine(a):
                     continue
                 name = variant.pop("label")
                 fwd = _with_settings(base, variant)
-                size = fwd.poc_forward_size(64)
-                kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="sign_flips",
-                          nonces=list(range(size * fwd.poc_forwards_per_call)), forward_size=size,
-                          **fwd.poc_forward_options())
-                path = os.path.join(OUT, f"profile_{name}.txt")
-                await eng.llm.collective_rpc(_profile_poc_call, args=(kw, path))
-                print(f"PROFILE {name}\n" + open(path).read(), flush=True)
+                for seq_len in map(int, a.profile_seq_lens.split(",")):
+                    size = fwd.poc_forward_size(seq_len)
+                    kw = dict(block_hash=BH, public_key=PK, seq_len=seq_len, randomization="sign_flips",
+                              nonces=list(range(size * fwd.poc_forwards_per_call)), forward_size=size,
+                              **fwd.poc_forward_options())
+                    path = os.path.join(OUT, f"profile_{label}_{name}_{seq_len}.txt")
+                    await eng.llm.collective_rpc(_profile_poc_call, args=(kw, path))
+                    print(f"PROFILE {label}/{name} seq_len {seq_len}\n" + open(path).read(), flush=True)
             times = []
             for _ in range(20):
                 t0 = time.perf_counter()
                 await eng.llm.collective_rpc(_rpc_noop)
                 times.append(time.perf_counter() - t0)
             emit({"phase": "rpc_roundtrip", "label": label, "median_ms": round(sorted(times)[10] * 1000, 2)})
+        if a.inference:
+            emit({"phase": "inference", "label": label, **await _inference_rate(eng)})
         if a.trace_layer_hooks:
             size = base.poc_forward_size(64)
             kw = dict(block_hash=BH, public_key=PK, seq_len=64, randomization="layer_hooks",
@@ -315,7 +386,7 @@ def phase_engine(a):
 
 
 PHASES = {"model": phase_model, "reference": phase_reference, "inputs": phase_inputs,
-          "baseline": phase_baseline, "engine": phase_engine}
+          "baseline": phase_baseline, "gemm": phase_gemm, "engine": phase_engine}
 
 
 def main():
@@ -330,6 +401,10 @@ def main():
     p.add_argument("--nonces-per-rate", type=int, default=16384, help="nonces timed per rate at seq_len 64")
     p.add_argument("--profile", action="store_true",
                    help='profile one call in the workers for each variant with "profile": true')
+    p.add_argument("--gemm-tokens", type=int, default=32768, help="gemm: tokens per forward")
+    p.add_argument("--gemm-seconds", type=float, default=10, help="gemm: seconds timed per seq_len")
+    p.add_argument("--profile-seq-lens", default="64", help="comma-separated seq_lens profiled")
+    p.add_argument("--inference", action="store_true", help="time a batch of generations on each engine")
     p.add_argument("--memory-search", action="store_true", help="probe forwards beyond the service's size")
     p.add_argument("--trace-layer-hooks", action="store_true", help="per-layer norms of a layer_hooks call")
     a = p.parse_args()
@@ -347,7 +422,9 @@ def main():
             cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", a.model_dir,
                    "--engine-kwargs", json.dumps(cfg), "--iters", str(a.iters), "--variants", a.variants,
                    "--nonces-per-rate", str(a.nonces_per_rate)]
-            cmd += (["--profile"] * a.profile + ["--memory-search"] * a.memory_search
+            cmd += ["--profile-seq-lens", a.profile_seq_lens, "--gemm-tokens", str(a.gemm_tokens),
+                    "--gemm-seconds", str(a.gemm_seconds)]
+            cmd += (["--profile"] * a.profile + ["--memory-search"] * a.memory_search + ["--inference"] * a.inference
                     + ["--trace-layer-hooks"] * a.trace_layer_hooks)
             t = time.time()
             rc = subprocess.run(cmd, env=env).returncode

@@ -20,7 +20,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from engine_gpu import BH, CHECK_NONCES, OUT, PK, ROOT, emit  # noqa: E402
+from engine_gpu import BH, CHECK_NONCES, OUT, PK, ROOT, GpuClockSampler, emit  # noqa: E402
 
 LAYOUTS = {
     "tp1": dict(num_engine_replicas=1, engine=dict(tensor_parallel_size=1)),
@@ -41,15 +41,24 @@ def app_args(model_dir: str, layout: str, engine_overrides: dict) -> dict:
 
 
 def generation_rate(client, seq_len: int, warmup_s: float, measure_s: float) -> float:
-    """Nonces/s of a generating round from /status, after a warm-up."""
+    """Nonces/s of a generating round from /status, after a warm-up: between the first and the
+    last change of ``total_checked`` seen while polling every 20 ms. An engine call of the GPU
+    config takes about a second, so rates over a fixed window are off by up to a call's worth."""
     client.post("/init/generate", json=dict(block_hash=f"bench_{seq_len}", block_height=1, public_key=PK,
                                             r_target=R10, node_id=0, node_count=1, seq_len=seq_len))
     time.sleep(warmup_s)
-    a = client.get("/status").json()
-    time.sleep(measure_s)
-    b = client.get("/status").json()
+    changes, last, end = [], None, time.time() + measure_s
+    while time.time() < end or (len(changes) < 3 and time.time() < end + 60):
+        s = client.get("/status").json()
+        if s["total_checked"] != last:  # a batch completed since the previous poll
+            changes.append((s["elapsed_seconds"], s["total_checked"]))
+            last = s["total_checked"]
+        time.sleep(0.02)
     client.post("/stop")
-    return (b["total_checked"] - a["total_checked"]) / (b["elapsed_seconds"] - a["elapsed_seconds"])
+    if len(changes) < 3:
+        raise RuntimeError(f"fewer than two batches completed in {measure_s + 60:.0f} s at seq_len {seq_len}")
+    (t0, n0), (t1, n1) = changes[1], changes[-1]  # changes[0]: the state found, not a completion
+    return (n1 - n0) / (t1 - t0)
 
 
 def run_service(a) -> None:
@@ -87,7 +96,9 @@ def run_service(a) -> None:
         res["validate_200_s"] = {"median_warm": round(sorted(times[1:])[2], 3), "min": round(min(times), 3)}
         if layout in a.bench_layouts.split(","):
             for seq_len in (64, 256):
-                res[f"rate_{seq_len}"] = round(generation_rate(client, seq_len, a.warmup_s, a.measure_s), 1)
+                with GpuClockSampler() as clocks:
+                    res[f"rate_{seq_len}"] = round(generation_rate(client, seq_len, a.warmup_s, a.measure_s), 1)
+                res[f"gpu_{seq_len}"] = clocks.summary
         emit(res)
         serve.delete("poc")
     serve.shutdown()
@@ -116,6 +127,8 @@ def main():
     p.add_argument("--engine-kwargs", default='[{"label": "eager", "enforce_eager": true}]')
     p.add_argument("--variants", default='[{"label": "default"}]', help="see engine_gpu.py")
     p.add_argument("--profile", action="store_true", help="see engine_gpu.py")
+    p.add_argument("--profile-seq-lens", default="64", help="see engine_gpu.py")
+    p.add_argument("--inference", action="store_true", help="see engine_gpu.py")
     p.add_argument("--memory-search", action="store_true", help="see engine_gpu.py")
     p.add_argument("--trace-layer-hooks", action="store_true", help="see engine_gpu.py")
     p.add_argument("--service-engine", default="{}", help="JSON EngineConfig overrides for every layout")
@@ -135,6 +148,7 @@ def main():
     if engine_phases:
         subprocess.run([sys.executable, os.path.join(HERE, "engine_gpu.py"), "--phases", ",".join(engine_phases),
                         "--model-dir", a.model_dir, "--engine-kwargs", a.engine_kwargs, "--variants", a.variants]
+                       + ["--profile-seq-lens", a.profile_seq_lens] + ["--inference"] * a.inference
                        + ["--profile"] * a.profile + ["--memory-search"] * a.memory_search
                        + ["--trace-layer-hooks"] * a.trace_layer_hooks, env=env)
     if "service" in a.phases.split(","):

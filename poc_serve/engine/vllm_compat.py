@@ -6,6 +6,7 @@ every vLLM import and internal attribute here means a vLLM upgrade is checked in
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Iterator
 
 import torch
@@ -27,7 +28,8 @@ __all__ = [
     "LLAMA_STYLE_DECODER_LAYERS", "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors",
     "SamplingParams", "attention_modules", "attention_scale", "decoder_layers", "decoder_stack",
     "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
-    "get_tp_group", "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments", "worker_model",
+    "get_tp_group", "model_dtype", "platform_kernels", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
+    "worker_model",
 ]
 
 # vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
@@ -116,3 +118,38 @@ def flash_attention_varlen() -> tuple[Any, int] | None:
         if is_fa_version_supported(version):
             return flash_attn_varlen_func, version
     return None
+
+
+_PLATFORM_FORWARDS = (("is_cuda", "forward_cuda"), ("is_rocm", "forward_hip"), ("is_cpu", "forward_cpu"),
+                      ("is_xpu", "forward_xpu"))
+
+
+@contextlib.contextmanager
+def platform_kernels(model: nn.Module) -> Iterator[None]:
+    """Run ``model``'s vLLM custom-op layers (RMSNorm, SiLU-and-mul, rotary, ...) with this
+    platform's kernels for the duration, as an eager engine does, whatever the engine's compile mode.
+
+    With torch.compile on, vLLM binds each ``CustomOp`` to ``forward_native`` and dispatches its
+    IR ops (RMSNorm, fused add + RMSNorm) to "native", for Inductor to fuse into the compiled
+    graph; called eagerly, as the PoC forward is, that is several plain torch kernels per layer
+    (2,982 nonces/s against ~7,800 on an H100, docs/benchmarks.md). Restored on exit."""
+    from vllm import ir
+    from vllm.model_executor.custom_op import CustomOp
+    from vllm.platforms import current_platform
+
+    name = next((n for test, n in _PLATFORM_FORWARDS if getattr(current_platform, test)()), None)
+    # A layer without its own platform method keeps vLLM's choice (CustomOp.forward_cuda raises).
+    ops = [m for m in model.modules() if isinstance(m, CustomOp) and name
+           and getattr(type(m), name) is not getattr(CustomOp, name)]
+    bound = {m: m._forward_method for m in ops}
+    try:
+        with contextlib.ExitStack() as stack:
+            for op in (ir.ops.rms_norm, ir.ops.fused_add_rms_norm):
+                # Providers this build lacks, or this platform cannot run, are left out.
+                stack.enter_context(op.set_priority([p for p in ("vllm_c", "native") if p in op.impls]))
+            for m in ops:
+                m._forward_method = getattr(m, name)
+            yield
+    finally:
+        for m, forward in bound.items():
+            m._forward_method = forward

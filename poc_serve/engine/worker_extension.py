@@ -27,6 +27,7 @@ from poc_serve.engine.vllm_compat import (
     get_pp_group,
     get_tp_group,
     model_dtype,
+    platform_kernels,
     worker_model,
 )
 from poc_serve.poc import input_embeddings, nonce_distances
@@ -58,7 +59,9 @@ class PoCWorkerExtension:
                  if randomization == "layer_hooks" else contextlib.nullcontext())
         fused = fused_qk_norm_rope(model, dtype) if fuse_qk_norm_rope else contextlib.nullcontext()
         attention = poc_attention(model, forward_size, seq_len, dtype, flash_attention, last_position_only)
-        with torch.inference_mode(), attention, fused, hooks:
+        # platform_kernels: the same kernels whether the engine runs compiled (inference with CUDA
+        # graphs) or eager, so a nonce's distance does not depend on the engine's compile mode.
+        with torch.inference_mode(), platform_kernels(model), attention, fused, hooks:
             positions = torch.arange(seq_len, device=device).repeat(forward_size)
             lasts, distances = [], []
             # No host sync between forwards: the CPU queues the next forward while the GPU runs this
