@@ -97,19 +97,27 @@ def gate_up_silu_mul(x: torch.Tensor, w: torch.Tensor, config: dict | None = Non
     return out
 
 
+def vllm_silu_and_mul() -> object | None:
+    """vLLM's SiLU-and-mul CUDA op, or None where vLLM is not installed (then torch's ops stand in)."""
+    try:
+        import vllm._custom_ops  # noqa: F401  (registers torch.ops._C)
+
+        return torch.ops._C.silu_and_mul
+    except (ImportError, AttributeError, RuntimeError):
+        return None
+
+
 def unfused(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """What the PoC forward runs now: the GEMM, then vLLM's SiLU-and-mul (torch's where vLLM is absent)."""
     gate_up = x @ w.t()
     n = w.shape[0] // 2
-    try:
-        import vllm._custom_ops  # noqa: F401  (registers torch.ops._C)
-
+    op = vllm_silu_and_mul() if x.is_cuda else None
+    if op is not None:
         out = torch.empty(x.shape[0], n, device=x.device, dtype=x.dtype)
-        torch.ops._C.silu_and_mul(out, gate_up)
+        op(out, gate_up)
         return out
-    except (ImportError, AttributeError, RuntimeError):
-        g, u = gate_up[:, :n].float(), gate_up[:, n:].float()
-        return (torch.nn.functional.silu(g) * u).to(x.dtype)
+    g, u = gate_up[:, :n].float(), gate_up[:, n:].float()
+    return (torch.nn.functional.silu(g) * u).to(x.dtype)
 
 
 def emit(d: dict) -> None:
@@ -167,6 +175,7 @@ def main() -> None:
     flop = 2 * a.tokens * a.hidden * 2 * a.intermediate
     res = {"phase": "fused_mlp", "tokens": a.tokens, "hidden": a.hidden, "intermediate": a.intermediate,
            "device": torch.cuda.get_device_name(), "best_config": str(_tuned.best_config),
+           "unfused_silu": "vllm" if vllm_silu_and_mul() is not None else "torch (vLLM not installed)",
            "max_abs_err": (fused_out.float() - ref.float()).abs().max().item(),
            "ref_abs_max": ref.float().abs().max().item()}
     for name, fn in (("gemm_only", lambda: x @ w.t()), ("unfused", lambda: unfused(x, w)),

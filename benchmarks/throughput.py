@@ -33,7 +33,7 @@ R10 = 1.40417
 
 def app_args(model_dir: str, layout: str, engine_overrides: dict) -> dict:
     lay = json.loads(json.dumps(LAYOUTS[layout]))
-    engine = dict(max_model_len=2048, max_num_batched_tokens=65536, enforce_eager=True,
+    engine = dict(max_model_len=2048, max_num_batched_tokens=65536, enforce_eager=False,
                   skip_tokenizer_init=True, **lay.pop("engine"))
     engine.update(engine_overrides)
     return dict(model=model_dir, accelerator="gpu", engine=engine,
@@ -42,8 +42,9 @@ def app_args(model_dir: str, layout: str, engine_overrides: dict) -> dict:
 
 def generation_rate(client, seq_len: int, warmup_s: float, measure_s: float) -> float:
     """Nonces/s of a generating round from /status, after a warm-up: between the first and the
-    last change of ``total_checked`` seen while polling every 20 ms. An engine call of the GPU
-    config takes about a second, so rates over a fixed window are off by up to a call's worth."""
+    last change of ``total_checked`` seen while polling every 100 ms (each /status carries the
+    round's valid nonces, so faster polling would load the service it measures). An engine call of
+    the GPU config takes about a second, so rates over a fixed window are off by up to a call's worth."""
     client.post("/init/generate", json=dict(block_hash=f"bench_{seq_len}", block_height=1, public_key=PK,
                                             r_target=R10, node_id=0, node_count=1, seq_len=seq_len))
     time.sleep(warmup_s)
@@ -53,7 +54,7 @@ def generation_rate(client, seq_len: int, warmup_s: float, measure_s: float) -> 
         if s["total_checked"] != last:  # a batch completed since the previous poll
             changes.append((s["elapsed_seconds"], s["total_checked"]))
             last = s["total_checked"]
-        time.sleep(0.02)
+        time.sleep(0.1)
     client.post("/stop")
     if len(changes) < 3:
         raise RuntimeError(f"fewer than two batches completed in {measure_s + 60:.0f} s at seq_len {seq_len}")
@@ -96,7 +97,7 @@ def run_service(a) -> None:
         res["validate_200_s"] = {"median_warm": round(sorted(times[1:])[2], 3), "min": round(min(times), 3)}
         if layout in a.bench_layouts.split(","):
             for seq_len in (64, 256):
-                with GpuClockSampler() as clocks:
+                with GpuClockSampler() as clocks:  # GPU 0, over the warm-up and the measurement
                     res[f"rate_{seq_len}"] = round(generation_rate(client, seq_len, a.warmup_s, a.measure_s), 1)
                 res[f"gpu_{seq_len}"] = clocks.summary
         emit(res)
@@ -124,7 +125,7 @@ def main():
     p.add_argument("--phases", default="model,reference,baseline,engine,service")
     p.add_argument("--layouts", default="tp1")
     p.add_argument("--bench-layouts", default="tp1")
-    p.add_argument("--engine-kwargs", default='[{"label": "eager", "enforce_eager": true}]')
+    p.add_argument("--engine-kwargs", default='[{"label": "compiled", "enforce_eager": false}]')
     p.add_argument("--variants", default='[{"label": "default"}]', help="see engine_gpu.py")
     p.add_argument("--profile", action="store_true", help="see engine_gpu.py")
     p.add_argument("--profile-seq-lens", default="64", help="see engine_gpu.py")

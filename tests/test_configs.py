@@ -67,3 +67,15 @@ def test_poc_forward_and_call_sizes():
 def test_poc_forward_may_not_exceed_the_profiled_tokens():
     with pytest.raises(ValidationError, match="poc_forward_tokens .*max_num_batched_tokens"):
         EngineConfig(max_num_batched_tokens=8192, poc_forward_tokens=8193)
+
+
+def test_pipeline_parallel_engines_refuse_the_ray_executor_that_runs_steps_beside_rpcs(monkeypatch):
+    from poc_serve.engine.engine import PoCEngine
+
+    engine = PoCEngine(EngineConfig(distributed_executor_backend="ray", pipeline_parallel_size=2))
+    assert engine._engine_args().pipeline_parallel_size == 2  # vLLM's default Ray executor
+    monkeypatch.setenv("VLLM_USE_RAY_V2_EXECUTOR_BACKEND", "0")
+    with pytest.raises(ValueError, match="VLLM_USE_RAY_V2_EXECUTOR_BACKEND"):
+        engine._engine_args()
+    engine.config = EngineConfig(distributed_executor_backend="ray", tensor_parallel_size=2)
+    assert engine._engine_args().tensor_parallel_size == 2  # one batch in flight: steps and calls alternate

@@ -36,12 +36,17 @@ class PoCEngine:
         self.memory_probes: list[dict[str, Any]] = []  # what check_memory measured at start (GPUs)
 
     def _engine_args(self):
-        from poc_serve.engine.vllm_compat import AsyncEngineArgs
+        from poc_serve.engine.vllm_compat import AsyncEngineArgs, ray_executor_runs_calls_in_order
 
         cfg = self.config
         backend = cfg.distributed_executor_backend
         if backend is None:
             backend = "mp" if _on_cpu() else "ray"
+        if backend == "ray" and cfg.pipeline_parallel_size > 1 and not ray_executor_runs_calls_in_order():
+            # The older executor runs in-flight pipeline batches on a thread beside collective_rpc
+            # calls: an inference step could then meet the PoC call's swapped attention.
+            raise ValueError("pipeline_parallel_size > 1 needs vLLM's default Ray executor; unset "
+                             "VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0 in engine_env")
         return AsyncEngineArgs(
             model=self.model_path,
             dtype=cfg.dtype,

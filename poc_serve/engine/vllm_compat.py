@@ -29,12 +29,22 @@ __all__ = [
     "SamplingParams", "attention_modules", "attention_scale", "decoder_layers", "decoder_stack",
     "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
     "get_tp_group", "model_dtype", "platform_kernels", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
-    "worker_model",
+    "ray_executor_runs_calls_in_order", "worker_model",
 ]
 
 # vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
 # with vLLM's (hidden_states, residual) convention: the forward the PoC's final layer mirrors.
 LLAMA_STYLE_DECODER_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+
+
+def ray_executor_runs_calls_in_order() -> bool:
+    """Whether vLLM's Ray executor gives each worker its model steps and ``collective_rpc`` calls
+    through one queue read in order (``RayExecutorV2``, the default, as the mp executor does),
+    rather than running model steps on a compiled-graph thread beside them (the older executor,
+    ``VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0``)."""
+    import vllm.envs as envs
+
+    return bool(getattr(envs, "VLLM_USE_RAY_V2_EXECUTOR_BACKEND", True))
 
 
 def worker_model(worker: Any) -> nn.Module:
@@ -124,29 +134,44 @@ _PLATFORM_FORWARDS = (("is_cuda", "forward_cuda"), ("is_rocm", "forward_hip"), (
                       ("is_xpu", "forward_xpu"))
 
 
+def _has_platform_kernel(op: nn.Module, name: str, base: type) -> bool:
+    """Whether ``op``'s class brings its own ``name`` method; ``CustomOp.forward_cuda`` raises, and
+    ``CustomOp.forward_hip`` calls ``forward_cuda``, so on ROCm a CUDA kernel counts too."""
+    own = lambda method: getattr(type(op), method) is not getattr(base, method)  # noqa: E731
+    return own(name) or (name == "forward_hip" and own("forward_cuda"))
+
+
+def _kernel_priority(op: Any) -> list[str]:
+    """The IR op's current priority with vLLM's C kernels put before "native": what an eager
+    engine uses (other providers the engine put first, e.g. "oink", stay first)."""
+    first = [p for p in op.get_priority() if p != "native"]
+    return first + (["vllm_c"] if "vllm_c" not in first and "vllm_c" in op.impls else []) + ["native"]
+
+
 @contextlib.contextmanager
 def platform_kernels(model: nn.Module) -> Iterator[None]:
     """Run ``model``'s vLLM custom-op layers (RMSNorm, SiLU-and-mul, rotary, ...) with this
     platform's kernels for the duration, as an eager engine does, whatever the engine's compile mode.
 
-    With torch.compile on, vLLM binds each ``CustomOp`` to ``forward_native`` and dispatches its
-    IR ops (RMSNorm, fused add + RMSNorm) to "native", for Inductor to fuse into the compiled
-    graph; called eagerly, as the PoC forward is, that is several plain torch kernels per layer
-    (2,982 nonces/s against ~7,800 on an H100, docs/benchmarks.md). Restored on exit."""
+    With torch.compile on, vLLM dispatches its IR ops (RMSNorm, fused add + RMSNorm) to "native",
+    and, unless ``custom_ops`` says otherwise, binds each ``CustomOp`` to ``forward_native``, both
+    for Inductor to fuse into the compiled graph. Called eagerly, as the PoC forward is, that is
+    several plain torch kernels per layer: 2,982 against 6,024 nonces/s eager on an H100
+    (2026-11-26, with ``custom_ops: [all]``, i.e. from the IR ops alone; docs/benchmarks.md).
+    Platforms vLLM has no kernel method for (TPU, out-of-tree) keep vLLM's choice. Restored on exit.
+    """
     from vllm import ir
     from vllm.model_executor.custom_op import CustomOp
     from vllm.platforms import current_platform
 
     name = next((n for test, n in _PLATFORM_FORWARDS if getattr(current_platform, test)()), None)
-    # A layer without its own platform method keeps vLLM's choice (CustomOp.forward_cuda raises).
-    ops = [m for m in model.modules() if isinstance(m, CustomOp) and name
-           and getattr(type(m), name) is not getattr(CustomOp, name)]
+    ops = [m for m in model.modules() if name and isinstance(m, CustomOp) and _has_platform_kernel(m, name, CustomOp)]
     bound = {m: m._forward_method for m in ops}
     try:
         with contextlib.ExitStack() as stack:
             for op in (ir.ops.rms_norm, ir.ops.fused_add_rms_norm):
-                # Providers this build lacks, or this platform cannot run, are left out.
-                stack.enter_context(op.set_priority([p for p in ("vllm_c", "native") if p in op.impls]))
+                # set_priority leaves out providers this platform cannot run (vllm_c on CPUs).
+                stack.enter_context(op.set_priority(_kernel_priority(op)))
             for m in ops:
                 m._forward_method = getattr(m, name)
             yield
