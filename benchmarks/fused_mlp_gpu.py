@@ -1,4 +1,5 @@
-"""Experiment: the gate/up GEMM with SiLU-and-mul in its epilogue, as one Triton kernel, against
+"""Experiment: the gate/up GEMM with SiLU-and-mul in its epilogue, as one Triton kernel (two
+variants: two accumulators, or gate/up weight rows interleaved and one accumulator), against
 what the PoC forward runs now (cuBLAS GEMM, then vLLM's ``silu_and_mul``), on the MLP shapes of a
 Qwen3-0.6B-shaped model.
 
@@ -14,7 +15,7 @@ cuBLAS's GEMM (0.573 ms) plus vLLM's SiLU-and-mul (0.189 ms in the engine's prof
 slower. Breaking even needs ~540 TFLOP/s; a persistent grid with TMA loads is the next try.
 
     python benchmarks/fused_mlp_gpu.py --tokens 32768         # on a GPU: times, TFLOP/s, max error
-    python benchmarks/fused_mlp_gpu.py --interpret            # on a CPU: the kernel's maths only
+    python benchmarks/fused_mlp_gpu.py --interpret            # on a CPU: the kernels' maths only
 
 Prints ``RESULT {json}`` and appends it to $OUT/fused_mlp_gpu.jsonl. Skips (exit 0) without CUDA
 unless ``--interpret``.
@@ -161,6 +162,7 @@ def unfused(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 
 
 def emit(d: dict) -> None:
+    """Print one result line and append it to $OUT/fused_mlp_gpu.jsonl."""
     line = json.dumps(d)
     print("RESULT " + line, flush=True)
     with open(os.path.join(OUT, "fused_mlp_gpu.jsonl"), "a") as f:
@@ -184,6 +186,7 @@ def check_interpreted() -> None:
 
 
 def time_ms(fn, iters: int) -> float:
+    """Mean GPU time of ``fn`` in ms over ``iters`` back-to-back calls, after one warm call."""
     fn()
     torch.cuda.synchronize()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -201,7 +204,7 @@ def main() -> None:
     p.add_argument("--hidden", type=int, default=1024)
     p.add_argument("--intermediate", type=int, default=3072)
     p.add_argument("--iters", type=int, default=200)
-    p.add_argument("--interpret", action="store_true", help="check the kernel on a CPU with Triton's interpreter")
+    p.add_argument("--interpret", action="store_true", help="check the kernels on a CPU with Triton's interpreter")
     a = p.parse_args()
     if a.interpret:
         return check_interpreted()
