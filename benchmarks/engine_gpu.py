@@ -26,10 +26,11 @@ BH, PK = "gpu_check_block", "gpu_check_key"
 CHECK_NONCES = list(range(64))
 
 
-def emit(d: dict) -> None:
+def emit(d: dict, file: str = "engine_gpu.jsonl") -> None:
+    """Print one result line and append it to $OUT/``file``."""
     line = json.dumps(d, default=str)
     print("RESULT " + line, flush=True)
-    with open(os.path.join(OUT, "engine_gpu.jsonl"), "a") as f:
+    with open(os.path.join(OUT, file), "a") as f:
         f.write(line + "\n")
 
 

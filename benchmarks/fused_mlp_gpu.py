@@ -24,7 +24,6 @@ unless ``--interpret``.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -35,7 +34,10 @@ import torch
 import triton
 import triton.language as tl
 
-OUT = os.environ.get("OUT", ".")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from engine_gpu import emit  # noqa: E402
+
+RESULTS = "fused_mlp_gpu.jsonl"
 # Tile shapes tried by the autotuner: (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, warps, stages). Two
 # float32 accumulators of 128 x 128 take 128 registers per thread at 8 warps.
 TILES = ((128, 128, 64, 8, 8, 3), (128, 128, 64, 8, 8, 4), (128, 128, 64, 16, 8, 4), (128, 128, 128, 8, 8, 3),
@@ -161,14 +163,6 @@ def unfused(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return (torch.nn.functional.silu(g) * u).to(x.dtype)
 
 
-def emit(d: dict) -> None:
-    """Print one result line and append it to $OUT/fused_mlp_gpu.jsonl."""
-    line = json.dumps(d)
-    print("RESULT " + line, flush=True)
-    with open(os.path.join(OUT, "fused_mlp_gpu.jsonl"), "a") as f:
-        f.write(line + "\n")
-
-
 def check_interpreted() -> None:
     """Both kernels' maths on a CPU (Triton's interpreter), small shapes, float32 and float16: the
     interpreter's ``tl.dot`` misreads bfloat16 (Triton 3.9), so bfloat16 is checked on the GPU run
@@ -181,7 +175,7 @@ def check_interpreted() -> None:
         ref = unfused(x.float(), w.float())
         for kernel, weight in (("dual", w), ("interleaved", interleave(w))):
             err = (gate_up_silu_mul(x, weight, kernel, config).float() - ref).abs().max().item()
-            emit({"phase": "interpret", "kernel": kernel, "dtype": str(dtype), "max_abs_err": err})
+            emit({"phase": "interpret", "kernel": kernel, "dtype": str(dtype), "max_abs_err": err}, RESULTS)
             assert err < tol, (kernel, dtype, err)
 
 
@@ -231,7 +225,7 @@ def main() -> None:
         ms = time_ms(fn, a.iters)
         res[f"{name}_ms"] = round(ms, 4)
         res[f"{name}_tflops"] = round(flop / ms / 1e9, 1)
-    emit(res)
+    emit(res, RESULTS)
 
 
 if __name__ == "__main__":

@@ -94,7 +94,8 @@ class PoCEngine:
         nonce if ``seq_len`` is longer), inside what vLLM's memory profile reserved, so this fails
         only when something else took the memory; it fails before the replica takes work."""
         cfg = self.config
-        shortest = -(-cfg.poc_tokens_per_forward() // cfg.max_poc_batch_size)  # ceil: the shortest seq_len with the most nonces
+        # ceil: the shortest seq_len with the most nonces
+        shortest = -(-cfg.poc_tokens_per_forward() // cfg.max_poc_batch_size)
         probes = []
         for seq_len in sorted({min(shortest, self.max_model_len), self.max_model_len}):
             forward, nonces = cfg.poc_forward_size(seq_len), cfg.poc_batch_size(seq_len)
