@@ -66,9 +66,14 @@ class PoCEngine:
     async def start(self) -> None:
         """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
         that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
-        from poc_serve.engine.vllm_compat import AsyncLLM
+        from poc_serve.engine.vllm_compat import AsyncLLM, prepare_engine_environment
 
-        self.llm = AsyncLLM.from_engine_args(self._engine_args())
+        args = self._engine_args()
+        if not _on_cpu():
+            applied = prepare_engine_environment(args.distributed_executor_backend,
+                                                 compiled=not self.config.enforce_eager)
+            logger.info("vLLM environment for this engine: %s", applied)
+        self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.llm.model_config.max_model_len
         if not _on_cpu():
             try:

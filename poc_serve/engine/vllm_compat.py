@@ -7,6 +7,8 @@ every vLLM import and internal attribute here means a vLLM upgrade is checked in
 from __future__ import annotations
 
 import contextlib
+import os
+import socket
 from typing import Any, Iterator
 
 import torch
@@ -29,7 +31,7 @@ __all__ = [
     "SamplingParams", "attention_modules", "attention_scale", "decoder_layers", "decoder_stack",
     "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
     "get_tp_group", "model_dtype", "platform_kernels", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
-    "ray_executor_runs_calls_in_order", "worker_model",
+    "prepare_engine_environment", "ray_executor_runs_calls_in_order", "worker_model",
 ]
 
 # vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
@@ -45,6 +47,34 @@ def ray_executor_runs_calls_in_order() -> bool:
     import vllm.envs as envs
 
     return bool(getattr(envs, "VLLM_USE_RAY_V2_EXECUTOR_BACKEND", True))
+
+
+def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[str, str]:
+    """Set the vLLM environment variables an engine about to start in this process needs, unless
+    the operator set them (``engine_env``); returns what was set. The engine core and its workers
+    inherit them.
+
+    - ``VLLM_DP_MASTER_PORT`` (Ray executor): vLLM 0.26's ``RayExecutorV2`` searches its
+      torch.distributed port from ``VLLM_DP_MASTER_PORT + 100``, i.e. from port 100 when unset.
+      Two engines starting together on one node (two Serve replicas) probe the same ports at the
+      same moment and one dies with EADDRINUSE (seen on two H100s, 2026-11-27). Each engine starts
+      its search at a port the OS has just handed out instead.
+    - ``VLLM_DISABLE_COMPILE_CACHE`` (compiled engines): an engine loading vLLM 0.26's
+      torch.compile cache that an earlier engine on the node wrote failed in its first forward
+      with "CUDA driver error: invalid argument" (Inductor's Triton launcher, torch 2.11; two
+      H100s, 2026-11-27), over and over, so a restarted replica never came back. Compiling afresh
+      costs ~40 s per start and has always worked.
+    """
+    wanted: dict[str, str] = {}
+    if executor_backend == "ray":
+        with socket.socket() as sock:
+            sock.bind(("", 0))
+            wanted["VLLM_DP_MASTER_PORT"] = str(sock.getsockname()[1] - 100)
+    if compiled:
+        wanted["VLLM_DISABLE_COMPILE_CACHE"] = "1"
+    applied = {k: v for k, v in wanted.items() if k not in os.environ}
+    os.environ.update(applied)
+    return applied
 
 
 def worker_model(worker: Any) -> nn.Module:

@@ -1,0 +1,45 @@
+"""The vLLM environment an engine sets for itself before it starts (vllm_compat.prepare_engine_environment)."""
+
+import os
+import socket
+
+import pytest
+
+from poc_serve.engine.vllm_compat import prepare_engine_environment
+
+VARS = ("VLLM_DP_MASTER_PORT", "VLLM_DISABLE_COMPILE_CACHE")
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    for name in VARS:
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_ray_engine_searches_its_port_from_a_free_one(clean_env):
+    applied = prepare_engine_environment("ray", compiled=False)
+    assert set(applied) == {"VLLM_DP_MASTER_PORT"}
+    assert os.environ["VLLM_DP_MASTER_PORT"] == applied["VLLM_DP_MASTER_PORT"]
+    first = int(applied["VLLM_DP_MASTER_PORT"]) + 100  # where RayExecutorV2 starts its search
+    assert first > 1024  # never the privileged ports 100..131 that every engine probed alike
+    with socket.socket() as sock:
+        sock.bind(("", first))  # free when handed out: the search's first probe succeeds
+
+
+def test_compiled_engine_compiles_afresh(clean_env):
+    assert prepare_engine_environment("mp", compiled=True) == {"VLLM_DISABLE_COMPILE_CACHE": "1"}
+    assert os.environ["VLLM_DISABLE_COMPILE_CACHE"] == "1"
+
+
+def test_eager_mp_engine_sets_nothing(clean_env):
+    assert prepare_engine_environment("mp", compiled=False) == {}
+    assert not any(name in os.environ for name in VARS)
+
+
+def test_operator_settings_win(clean_env):
+    clean_env.setenv("VLLM_DP_MASTER_PORT", "29500")
+    clean_env.setenv("VLLM_DISABLE_COMPILE_CACHE", "0")
+    assert prepare_engine_environment("ray", compiled=True) == {}
+    assert os.environ["VLLM_DP_MASTER_PORT"] == "29500"
+    assert os.environ["VLLM_DISABLE_COMPILE_CACHE"] == "0"
