@@ -69,10 +69,19 @@ def start_service(app, timeout_s: float) -> None:
     so past the deadline the Ray logs go to $OUT/start_failure and the benchmark exits."""
     from ray import serve
 
-    starter = threading.Thread(target=serve.run, args=(app,), kwargs=dict(name="poc", route_prefix="/"),
-                               daemon=True)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            serve.run(app, name="poc", route_prefix="/")
+        except BaseException as exc:  # re-raised below, in the benchmark's thread
+            errors.append(exc)
+
+    starter = threading.Thread(target=run, daemon=True)
     starter.start()
     starter.join(timeout_s)
+    if errors:
+        raise errors[0]
     if starter.is_alive():
         dest = os.path.join(OUT, "start_failure")
         logs = "/tmp/ray/session_latest/logs"
