@@ -5,15 +5,19 @@ import socket
 
 import pytest
 
+from poc_serve.engine.vllm_compat import ENGINE_ENVIRONMENT as VARS
 from poc_serve.engine.vllm_compat import prepare_engine_environment
 
-VARS = ("VLLM_DP_MASTER_PORT", "VLLM_DISABLE_COMPILE_CACHE")
+BEFORE = {name: os.environ.get(name) for name in VARS}  # as the session started
 
 
 @pytest.fixture
 def clean_env(monkeypatch):
+    """No engine variables set; whatever a test sets is undone after it (setenv records the
+    original state, so the delenv that follows is undone too)."""
     for name in VARS:
-        monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     return monkeypatch
 
 
@@ -43,3 +47,7 @@ def test_operator_settings_win(clean_env):
     assert prepare_engine_environment("ray", compiled=True) == {}
     assert os.environ["VLLM_DP_MASTER_PORT"] == "29500"
     assert os.environ["VLLM_DISABLE_COMPILE_CACHE"] == "0"
+
+
+def test_nothing_leaks_between_tests():  # runs after the tests above
+    assert {name: os.environ.get(name) for name in VARS} == BEFORE

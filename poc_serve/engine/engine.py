@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, AsyncIterator
 
 from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
@@ -66,13 +67,14 @@ class PoCEngine:
     async def start(self) -> None:
         """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
         that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
-        from poc_serve.engine.vllm_compat import AsyncLLM, prepare_engine_environment
+        from poc_serve.engine.vllm_compat import ENGINE_ENVIRONMENT, AsyncLLM, prepare_engine_environment
 
         args = self._engine_args()
         if not _on_cpu():
             applied = prepare_engine_environment(args.distributed_executor_backend,
                                                  compiled=not self.config.enforce_eager)
-            logger.info("vLLM environment for this engine: %s", applied)
+            logger.info("vLLM environment for this engine: set %s; in effect %s", applied,
+                        {k: os.environ.get(k) for k in ENGINE_ENVIRONMENT})
         self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.llm.model_config.max_model_len
         if not _on_cpu():

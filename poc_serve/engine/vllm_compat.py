@@ -27,11 +27,11 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
     REQUEST_ERRORS = (ValueError, TypeError)
 
 __all__ = [
-    "LLAMA_STYLE_DECODER_LAYERS", "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM", "IntermediateTensors",
-    "SamplingParams", "attention_modules", "attention_scale", "decoder_layers", "decoder_stack",
-    "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
-    "get_tp_group", "model_dtype", "platform_kernels", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
-    "prepare_engine_environment", "ray_executor_runs_calls_in_order", "worker_model",
+    "ENGINE_ENVIRONMENT", "LLAMA_STYLE_DECODER_LAYERS", "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM",
+    "IntermediateTensors", "SamplingParams", "attention_modules", "attention_scale", "decoder_layers",
+    "decoder_stack", "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
+    "get_tp_group", "model_dtype", "platform_kernels", "prepare_engine_environment", "qk_norm_attention_blocks",
+    "qk_norm_rope_arguments", "ray_executor_runs_calls_in_order", "worker_model",
 ]
 
 # vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
@@ -49,6 +49,10 @@ def ray_executor_runs_calls_in_order() -> bool:
     return bool(getattr(envs, "VLLM_USE_RAY_V2_EXECUTOR_BACKEND", True))
 
 
+# The variables prepare_engine_environment may set.
+ENGINE_ENVIRONMENT = ("VLLM_DP_MASTER_PORT", "VLLM_DISABLE_COMPILE_CACHE")
+
+
 def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[str, str]:
     """Set the vLLM environment variables an engine about to start in this process needs, unless
     the operator set them (``engine_env``); returns what was set. The engine core and its workers
@@ -58,12 +62,14 @@ def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[st
       torch.distributed port from ``VLLM_DP_MASTER_PORT + 100``, i.e. from port 100 when unset.
       Two engines starting together on one node (two Serve replicas) probe the same ports at the
       same moment and one dies with EADDRINUSE (seen on two H100s, 2026-11-27). Each engine starts
-      its search at a port the OS has just handed out instead.
+      its search at a port the OS has just handed out instead. (An operator-set value puts every
+      engine of the node back on one search start. vLLM 0.32's executor binds its TCPStore on
+      port 0 and never reads this variable, so this part can go when the GPU build passes 0.26.)
     - ``VLLM_DISABLE_COMPILE_CACHE`` (compiled engines): an engine loading vLLM 0.26's
       torch.compile cache that an earlier engine on the node wrote failed in its first forward
       with "CUDA driver error: invalid argument" (Inductor's Triton launcher, torch 2.11; two
-      H100s, 2026-11-27), over and over, so a restarted replica never came back. Compiling afresh
-      costs ~40 s per start and has always worked.
+      H100s, 2026-11-27), in every replacement Serve started, so the replica never came back.
+      Compiling afresh costs ~40 s per start and has always worked.
     """
     wanted: dict[str, str] = {}
     if executor_backend == "ray":
