@@ -128,8 +128,8 @@ def phase_gemm(a):
         def forward():
             for layer in range(layers):
                 for k, w in weights.items():  # the final layer: keys/values everywhere, the rest at last positions
-                    rows = batch if layer == layers - 1 and k != "qkv" else tokens
-                    torch.mm(inputs[k][:rows], w.t(), out=outs[k][:rows])
+                    m = batch if layer == layers - 1 and k != "qkv" else tokens
+                    torch.mm(inputs[k][:m], w.t(), out=outs[k][:m])
 
         rows = {k: tokens * layers if k == "qkv" else tokens * (layers - 1) + batch for k in shapes}
         flop = 2 * sum(rows[k] * n * m for k, (n, m) in shapes.items())

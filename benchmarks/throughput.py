@@ -201,15 +201,15 @@ def main():
                        + ["--profile-seq-lens", a.profile_seq_lens] + ["--inference"] * a.inference
                        + ["--profile"] * a.profile + ["--memory-search"] * a.memory_search
                        + ["--trace-layer-hooks"] * a.trace_layer_hooks, env=env)
+    service_rc = 0
     if "service" in a.phases.split(","):
-        service = subprocess.run([sys.executable, __file__, "--service-only", "--layouts", a.layouts,
-                                  "--bench-layouts", a.bench_layouts, "--model-dir", a.model_dir,
-                                  "--warmup-s", str(a.warmup_s), "--measure-s", str(a.measure_s),
-                                  "--start-timeout-s", str(a.start_timeout_s),
-                                  "--service-engine", a.service_engine], env=env)
-        summary()
-        sys.exit(service.returncode)
+        service_rc = subprocess.run([sys.executable, __file__, "--service-only", "--layouts", a.layouts,
+                                     "--bench-layouts", a.bench_layouts, "--model-dir", a.model_dir,
+                                     "--warmup-s", str(a.warmup_s), "--measure-s", str(a.measure_s),
+                                     "--start-timeout-s", str(a.start_timeout_s),
+                                     "--service-engine", a.service_engine], env=env).returncode
     summary()
+    sys.exit(service_rc)
 
 
 if __name__ == "__main__":

@@ -70,14 +70,15 @@ class PoCEngine:
         from poc_serve.engine.vllm_compat import ENGINE_ENVIRONMENT, AsyncLLM, prepare_engine_environment
 
         args = self._engine_args()
-        if not _on_cpu():
+        on_gpu = not _on_cpu()
+        if on_gpu:
             applied = prepare_engine_environment(args.distributed_executor_backend,
                                                  compiled=not self.config.enforce_eager)
             logger.info("vLLM environment for this engine: set %s; in effect %s", applied,
                         {k: os.environ.get(k) for k in ENGINE_ENVIRONMENT})
         self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.llm.model_config.max_model_len
-        if not _on_cpu():
+        if on_gpu:
             try:
                 self.memory_probes = await self.check_memory()
             except BaseException:
