@@ -6,6 +6,11 @@ appends it to $OUT/engine_gpu.jsonl (or ./engine_gpu.jsonl). Skips (exit 0) with
     python benchmarks/engine_gpu.py --phases model,reference,inputs,baseline,engine
     python benchmarks/engine_gpu.py --phases engine --engine-kwargs '{"enforce_eager": true}' \
         --variants '[{"label": "f16k", "poc_forward_tokens": 16384}]' --profile --memory-search
+    # an MoE model, its FP8 checkpoint (<model-dir>-fp8) and vLLM's online FP8, against the bf16 reference
+    python benchmarks/engine_gpu.py --model poc-qwen3-30b-a3b-8l-random --model-dir /tmp/moe \
+        --seq-lens 64,256,1024 --phases model,fp8,reference,baseline,engine \
+        --engine-kwargs '[{"label": "bf16"}, {"label": "fp8-online", "engine_kwargs": {"quantization": "fp8"}},
+                          {"label": "fp8-checkpoint", "model": "/tmp/moe-fp8"}]'
 """
 
 from __future__ import annotations
@@ -40,21 +45,34 @@ def sync():
 
 
 def phase_model(a):
-    from poc_serve.models.tiny import build_random_checkpoint
+    from poc_serve.models.tiny import BUILTIN_MODELS, build_random_checkpoint
     t = time.time()
     if not os.path.exists(os.path.join(a.model_dir, "config.json")):
-        build_random_checkpoint(a.model_dir, "qwen3", "qwen3-0.6b-shape")
-    emit({"phase": "model", "seconds": round(time.time() - t, 1)})
+        build_random_checkpoint(a.model_dir, *BUILTIN_MODELS[a.model])
+    emit({"phase": "model", "model": a.model, "seconds": round(time.time() - t, 1)})
+
+
+def phase_fp8(a):
+    """The model's block-FP8 checkpoint (as the network's FP8 models ship) at ``<model-dir>-fp8``."""
+    from poc_serve.models.fp8 import quantize_checkpoint_fp8
+    t = time.time()
+    quantize_checkpoint_fp8(a.model_dir, a.model_dir.rstrip("/") + "-fp8")
+    emit({"phase": "fp8", "seconds": round(time.time() - t, 1)})
+
+
+def seq_lens(a) -> list[int]:
+    return [int(s) for s in a.seq_lens.split(",")]
 
 
 def phase_reference(a):
     import torch
     sys.path.insert(0, os.path.join(ROOT, "tests"))
-    from reference import load_reference_model, reference_last_hidden
+    from reference import load_reference_model, reference_artifacts, reference_last_hidden
     from poc_serve.poc import nonce_distances
     model = load_reference_model(a.model_dir, torch.bfloat16).cuda()
     out = {}
-    for seq_len in (64, 256):
+    for seq_len in seq_lens(a):
+        out[f"{seq_len}_v2"] = reference_artifacts(model, BH, PK, CHECK_NONCES, seq_len).cpu()
         for mode in ("sign_flips", "layer_hooks"):
             last = reference_last_hidden(model, BH, PK, CHECK_NONCES, seq_len, mode)
             out[f"{seq_len}_{mode}"] = {"hidden": last.cpu(),
@@ -90,11 +108,13 @@ def phase_baseline(a):
     from transformers import AutoModel
     from poc_serve.poc import input_embeddings, nonce_distances
     model = AutoModel.from_pretrained(a.model_dir, dtype=torch.bfloat16, attn_implementation="sdpa").cuda().eval()
-    for seq_len, batch in ((64, 1024), (256, 256)):
+    hidden = model.config.hidden_size
+    for seq_len in seq_lens(a):
+        batch = max(1, a.baseline_tokens // seq_len)
         nonces = list(range(batch))
         with torch.inference_mode():
             def step():
-                emb = input_embeddings(BH, PK, nonces, seq_len, 1024, "cuda", torch.bfloat16)
+                emb = input_embeddings(BH, PK, nonces, seq_len, hidden, "cuda", torch.bfloat16)
                 last = model(inputs_embeds=emb).last_hidden_state[:, -1].float()
                 return nonce_distances(last, BH, PK, nonces)
             step(); sync()
@@ -253,7 +273,7 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
     from poc_serve.engine.protocol import PoCRound
     res = {"phase": "engine", **variant}
     eng.config = _with_settings(eng.config, {k: v for k, v in variant.items() if k != "label"})
-    for seq_len in (64, 256):
+    for seq_len in seq_lens(a):
         for mode in ("sign_flips", "layer_hooks"):
             out = await eng.compute(PoCRound(block_hash=BH, public_key=PK, seq_len=seq_len, randomization=mode),
                                     CHECK_NONCES, return_hidden=True)
@@ -279,6 +299,7 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
         x = await eng.compute(round_, [1003, 1005])
         y = await eng.compute(round_, list(range(1000, 1000 + size + 10)))
         res[f"batch_independent_{seq_len}"] = x.distances == [y.distances[3], y.distances[5]]
+        res.update(await _v2(eng, ref, seq_len, n))
     round_ = PoCRound(block_hash=BH, public_key=PK, seq_len=64)
     times = []
     for i in range(5):
@@ -287,6 +308,27 @@ async def _variant(eng, ref, variant: dict, a) -> dict:
         times.append(time.time() - t0)
     res["validate_200_s"] = {"median": round(sorted(times)[2], 4), "min": round(min(times), 4)}
     return res
+
+
+async def _v2(eng, ref, seq_len: int, n: int) -> dict:
+    """PoC v2 on the same engine: artifacts against the reference (L2 of decoded vectors), the
+    artifact rate over the same nonce count as v1's rate, and batch independence."""
+    import torch
+    from poc_serve.engine.protocol import ArtifactRound
+    from poc_serve.poc import decode_artifact
+    round_ = ArtifactRound(block_hash=BH, public_key=PK, seq_len=seq_len)
+    got = await eng.compute_artifacts(round_, CHECK_NONCES)
+    l2 = torch.stack([torch.linalg.vector_norm(decode_artifact(b64, 12) - r.float())
+                      for b64, r in zip(got.artifacts, ref[f"{seq_len}_v2"])])
+    size = eng.batch_size(seq_len)
+    t0 = time.time()
+    await asyncio.gather(*(eng.compute_artifacts(round_, list(range(i, i + size)))
+                           for i in range(1000, 1000 + n, size)))
+    rate = round(n / (time.time() - t0), 1)
+    x = await eng.compute_artifacts(round_, [1003, 1005])
+    y = await eng.compute_artifacts(round_, list(range(1000, 1000 + size + 10)))
+    return {f"v2_check_{seq_len}": {"max_l2": round(l2.max().item(), 5), "mean_l2": round(l2.mean().item(), 5)},
+            f"v2_rate_{seq_len}": rate, f"v2_batch_independent_{seq_len}": x.artifacts == y.artifacts[3:6:2]}
 
 
 async def _inference_rate(eng, requests: int = 64, prompt_len: int = 128, new_tokens: int = 128) -> dict:
@@ -386,7 +428,7 @@ def phase_engine(a):
     eng.shutdown()
 
 
-PHASES = {"model": phase_model, "reference": phase_reference, "inputs": phase_inputs,
+PHASES = {"model": phase_model, "fp8": phase_fp8, "reference": phase_reference, "inputs": phase_inputs,
           "baseline": phase_baseline, "gemm": phase_gemm, "engine": phase_engine}
 
 
@@ -394,7 +436,10 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--phases", default="model,reference,inputs,baseline,engine")
     p.add_argument("--phase")
+    p.add_argument("--model", default="poc-qwen3-0.6b-random", help="model: the built-in random model built")
     p.add_argument("--model-dir", default="/tmp/poc_qwen3_0.6b")
+    p.add_argument("--seq-lens", default="64,256", help="comma-separated seq_lens checked and timed")
+    p.add_argument("--baseline-tokens", type=int, default=65536, help="baseline: tokens per transformers batch")
     p.add_argument("--engine-kwargs", default="{}", help="JSON; may hold several configs as a list")
     p.add_argument("--iters", type=int, default=8, help="baseline: timed batches")
     p.add_argument("--variants", default='[{"label": "default"}]',
@@ -420,7 +465,8 @@ def main():
     configs = configs if isinstance(configs, list) else [configs]
     for phase in a.phases.split(","):
         for cfg in (configs if phase == "engine" else [{}]):
-            cmd = [sys.executable, __file__, "--phase", phase, "--model-dir", a.model_dir,
+            cmd = [sys.executable, __file__, "--phase", phase, "--model", a.model, "--model-dir", a.model_dir,
+                   "--seq-lens", a.seq_lens, "--baseline-tokens", str(a.baseline_tokens),
                    "--engine-kwargs", json.dumps(cfg), "--iters", str(a.iters), "--variants", a.variants,
                    "--nonces-per-rate", str(a.nonces_per_rate)]
             cmd += ["--profile-seq-lens", a.profile_seq_lens, "--gemm-tokens", str(a.gemm_tokens),

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 from transformers import AutoModel
 
-from poc_serve.poc import input_embeddings, layer_householder, layer_transform, nonce_distances
+from poc_serve.poc import (
+    input_embeddings,
+    layer_householder,
+    layer_reflection,
+    layer_transform,
+    nonce_artifacts,
+    nonce_distances,
+)
 
 
 def load_reference_model(path: str, dtype: torch.dtype) -> torch.nn.Module:
@@ -48,3 +55,35 @@ def reference_distances(model, block_hash: str, public_key: str, nonces: list[in
     """Distances of ``nonces`` by the reference path."""
     last = reference_last_hidden(model, block_hash, public_key, nonces, seq_len, randomization)
     return nonce_distances(last, block_hash, public_key, nonces, randomization).tolist()
+
+
+@torch.inference_mode()
+def reference_artifacts(model, block_hash: str, public_key: str, nonces: list[int], seq_len: int, k: int = 12,
+                        stronger_rng: bool = False) -> torch.Tensor:
+    """PoC v2 artifacts ``[B, k]`` float16 by the reference path (poc-v2.md section 1): every
+    transformers decoder layer's output (the residual stream) reflected with ``v_i``, the
+    final-norm state at the last position, then the artifact maths."""
+    param = next(model.parameters())
+    hidden_size = model.config.hidden_size
+    emb = input_embeddings(block_hash, public_key, nonces, seq_len, hidden_size, param.device, param.dtype,
+                           stronger_rng=stronger_rng)
+
+    def hook_for(index: int):
+        v = layer_householder(block_hash, index, hidden_size, param.device)
+
+        def hook(module, inputs, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            reflected = layer_reflection(hidden, v)
+            return (reflected, *output[1:]) if isinstance(output, tuple) else reflected
+
+        return hook
+
+    handles = [layer.register_forward_hook(hook_for(i)) for i, layer in enumerate(model.layers)]
+    try:
+        last = model(inputs_embeds=emb).last_hidden_state[:, -1].float()
+    finally:
+        for handle in handles:
+            handle.remove()
+    artifacts, finite = nonce_artifacts(last, block_hash, public_key, nonces, k)
+    assert bool(finite.all())
+    return artifacts

@@ -16,7 +16,8 @@ class EngineConfig(BaseModel):
 
     model: str = Field("poc-tiny-qwen3", description=(
         "Local checkpoint path, model hub name, or a built-in random model "
-        "(poc-tiny-qwen3, poc-tiny-llama, poc-qwen3-0.6b-random), built on first use."))
+        "(poc-tiny-qwen3, poc-tiny-llama, poc-tiny-qwen3-moe, poc-qwen3-0.6b-random, "
+        "poc-qwen3-30b-a3b-8l-random), built on first use."))
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "bfloat16", description="Dtype of weights and activations.")
     tensor_parallel_size: int = Field(1, ge=1, description="Tensor-parallel workers per engine.")

@@ -7,10 +7,15 @@ import os
 from typing import Any, AsyncIterator
 
 from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
-from poc_serve.engine.protocol import PoCBatchResult, PoCRound
+from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult, PoCRound
+from poc_serve.engine.quantization import check_batch_independent
 from poc_serve.models.tiny import resolve_model
 
 logger = logging.getLogger("ray.serve.poc_serve")
+
+
+# PoC v2 calls in a row with a non-finite artifact after which the replica reports itself unhealthy.
+NON_FINITE_CALLS_UNHEALTHY = 3
 
 
 class SeqLenError(ValueError):
@@ -35,6 +40,8 @@ class PoCEngine:
         self.model_path = resolve_model(config.model)
         self._tokenizer = None
         self.memory_probes: list[dict[str, Any]] = []  # what check_memory measured at start (GPUs)
+        self.hidden_size = 0
+        self.non_finite_calls = 0  # PoC v2 calls in a row with a non-finite artifact
 
     def _engine_args(self):
         from poc_serve.engine.vllm_compat import AsyncEngineArgs, ray_executor_runs_calls_in_order
@@ -67,9 +74,11 @@ class PoCEngine:
     async def start(self) -> None:
         """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
         that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
-        from poc_serve.engine.vllm_compat import ENGINE_ENVIRONMENT, AsyncLLM, prepare_engine_environment
+        from poc_serve.engine.vllm_compat import (ENGINE_ENVIRONMENT, AsyncLLM, engine_quantization,
+                                                  prepare_engine_environment)
 
         args = self._engine_args()
+        check_batch_independent(*engine_quantization(args))  # before minutes of weight loading
         on_gpu = not _on_cpu()
         if on_gpu:
             applied = prepare_engine_environment(args.distributed_executor_backend,
@@ -78,6 +87,7 @@ class PoCEngine:
                         {k: os.environ.get(k) for k in ENGINE_ENVIRONMENT})
         self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.llm.model_config.max_model_len
+        self.hidden_size = self.llm.model_config.get_hidden_size()
         if on_gpu:
             try:
                 self.memory_probes = await self.check_memory()
@@ -149,16 +159,53 @@ class PoCEngine:
         return PoCBatchResult(nonces=list(nonces), distances=distances, hidden=hidden if return_hidden else None)
 
     async def _call(self, round: PoCRound, nonces: list[int], forward_size: int, return_hidden: bool) -> dict:
-        results = await self.llm.collective_rpc(
-            "poc_compute", timeout=self.config.rpc_timeout_s,
-            kwargs=dict(block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
-                        randomization=round.randomization, nonces=nonces, forward_size=forward_size,
-                        return_hidden=return_hidden, **self.config.poc_forward_options()))
+        return await self._rpc("poc_compute", dict(
+            block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
+            randomization=round.randomization, nonces=nonces, forward_size=forward_size,
+            return_hidden=return_hidden))
+
+    async def compute_artifacts(self, round: ArtifactRound, nonces: list[int]) -> ArtifactBatchResult:
+        """v2 artifacts of ``nonces`` for ``round``, in the same fixed forwards as :meth:`compute`.
+        A call with a non-finite artifact is recomputed once; a nonce still non-finite gets None
+        (poc-v2.md section 3, "Ours"), and after :data:`NON_FINITE_CALLS_UNHEALTHY` such calls in
+        a row :meth:`check_health` fails, so that Serve replaces the replica."""
+        self.check_seq_len(round.seq_len)
+        if not 1 <= round.k_dim <= self.hidden_size:
+            raise ValueError(f"k_dim must be between 1 and the model's hidden size ({self.hidden_size}), "
+                             f"got {round.k_dim}")
+        forward = self.config.poc_forward_size(round.seq_len)
+        call = self.batch_size(round.seq_len)
+        artifacts: list[str | None] = []
+        for start in range(0, len(nonces), call):
+            chunk = nonces[start:start + call]
+            padded = chunk + [chunk[-1]] * (-len(chunk) % forward)
+            kwargs = dict(block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
+                          nonces=padded, forward_size=forward, k_dim=round.k_dim, stronger_rng=round.stronger_rng)
+            out = (await self._rpc("poc_artifacts", kwargs))["artifacts"][:len(chunk)]
+            if None in out:
+                logger.error("PoC v2: %d of %d artifacts non-finite (seq_len %d); recomputing the call once",
+                             out.count(None), len(chunk), round.seq_len)
+                out = (await self._rpc("poc_artifacts", kwargs))["artifacts"][:len(chunk)]
+            self.non_finite_calls = self.non_finite_calls + 1 if None in out else 0
+            artifacts += out
+        return ArtifactBatchResult(nonces=list(nonces), artifacts=artifacts)
+
+    async def _rpc(self, method: str, kwargs: dict) -> dict:
+        """``method`` of the worker extension on every worker, with the PoC forward options; the
+        last pipeline stage's answer."""
+        results = await self.llm.collective_rpc(method, timeout=self.config.rpc_timeout_s,
+                                                kwargs={**kwargs, **self.config.poc_forward_options()})
         # Only the last pipeline stage answers; its tensor-parallel ranks give equal answers.
         answers = [r for r in results if r is not None]
         if not answers:
             raise RuntimeError("no worker of the last pipeline stage returned PoC results")
         return answers[-1]
+
+    def model_info(self) -> dict[str, Any]:
+        """What callers check requests against: the configured model, the path vLLM loaded, the
+        hidden size (the largest v2 k_dim) and the longest sequence."""
+        return {"model": self.config.model, "model_path": self.model_path, "hidden_size": self.hidden_size,
+                "max_model_len": self.max_model_len}
 
     def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
         """Render chat ``messages`` with the model's chat template (ready for the assistant's turn)."""
@@ -186,9 +233,11 @@ class PoCEngine:
             sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
 
     async def check_health(self) -> None:
-        """Raise if the engine core is dead."""
+        """Raise if the engine core is dead, or its last PoC v2 calls kept giving non-finite artifacts."""
         if self.llm is None:
             raise RuntimeError("engine not started")
+        if self.non_finite_calls >= NON_FINITE_CALLS_UNHEALTHY:
+            raise RuntimeError(f"{self.non_finite_calls} PoC v2 calls in a row gave non-finite artifacts")
         await self.llm.check_health()
 
     def shutdown(self) -> None:

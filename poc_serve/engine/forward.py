@@ -31,6 +31,9 @@ from poc_serve.engine.vllm_compat import (
 )
 from poc_serve.poc import layer_householder, layer_transform
 
+# A per-token map of a layer's output tensor ``t`` given the layer's Householder vector ``v``.
+LayerMap = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
 
 def _causal_attention_forward(attn: nn.Module, batch: int, seq_len: int, flash: tuple | None,
                               cu_seqlens: tuple[torch.Tensor, torch.Tensor] | None, last_only: bool):
@@ -197,10 +200,15 @@ def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def householder_layer_hooks(decoder: nn.Module, block_hash: str, hidden_size: int,
-                            device: torch.device) -> Iterator[None]:
-    """The ``layer_hooks`` randomisation: after each decoder layer ``i``, replace both tensors it
-    outputs (hidden states and residual) with ``reflect(t / (||t|| + 1e-8), v_i)`` per token."""
+def householder_layer_hooks(decoder: nn.Module, block_hash: str, hidden_size: int, device: torch.device,
+                            transform: LayerMap = layer_transform) -> Iterator[None]:
+    """Transform every decoder layer's output with its layer's Householder vector ``v_i``
+    (``layer_householder``, global index ``i``): both tensors a vLLM layer outputs (hidden states
+    and residual) become ``transform(t, v_i)`` per token.
+
+    ``transform``: v1's ``layer_hooks`` mode normalises then reflects (``layer_transform``, the
+    default); v2 reflects only (``layer_reflection``), which, being linear, reflects the layer's
+    sum as the spec says."""
     handles = []
 
     def hook_for(index: int):
@@ -208,7 +216,7 @@ def householder_layer_hooks(decoder: nn.Module, block_hash: str, hidden_size: in
 
         def hook(module: nn.Module, inputs: tuple, output: tuple[torch.Tensor, torch.Tensor]):
             hidden, residual = output
-            return layer_transform(hidden, v), layer_transform(residual, v)
+            return transform(hidden, v), transform(residual, v)
 
         return hook
 

@@ -13,6 +13,15 @@ from pydantic import BaseModel, ConfigDict, Field
 from poc_serve.poc import Randomization
 
 
+class PoCComputeError(RuntimeError):
+    """A PoC call failed on the engine. The message names the cause and is what HTTP callers see;
+    ``reason`` holds it too, so it survives Ray's wrapping of remote exceptions."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
 class PoCRound(BaseModel):
     """The parameters that define every nonce's computation in a round (spec section 2)."""
 
@@ -22,6 +31,29 @@ class PoCRound(BaseModel):
     public_key: str = Field(min_length=1, description="Public key of the node whose nonces are computed.")
     seq_len: int = Field(ge=1, description="Input sequence length S of every nonce.")
     randomization: Randomization = Field("sign_flips", description="Randomisation mode of spec section 2 step 3.")
+
+
+class ArtifactRound(BaseModel):
+    """The parameters that define every nonce's v2 artifact (poc-v2.md sections 1 and 2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    block_hash: str = Field(min_length=1, description="Block hash the round is seeded with, used byte for byte.")
+    public_key: str = Field(min_length=1, description="Public key of the node whose nonces are computed.")
+    seq_len: int = Field(ge=1, description="Input sequence length S of every nonce.")
+    k_dim: int = Field(12, ge=1, description="Values per artifact (k); at most the model's hidden size.")
+    stronger_rng: bool = Field(False, description="Inputs from SHA-256 sub-seeds (poc_stronger_rng, section 2).")
+
+
+class ArtifactBatchResult(BaseModel):
+    """Artifacts of a batch of nonces, in the order they were asked for."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    nonces: list[int] = Field(description="The nonces, as asked for.")
+    artifacts: list[str | None] = Field(
+        description="Each nonce's artifact as vector_b64 (k binary16 values, little-endian, standard base64); "
+                    "None where the artifact stayed non-finite after one recomputation (section 3).")
 
 
 class PoCBatchResult(BaseModel):
@@ -42,6 +74,14 @@ class PoCEngineProtocol(Protocol):
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
         """Distances of ``nonces`` for ``round``."""
+        ...
+
+    async def compute_artifacts(self, round: ArtifactRound, nonces: list[int]) -> ArtifactBatchResult:
+        """v2 artifacts of ``nonces`` for ``round``."""
+        ...
+
+    def model_info(self) -> dict:
+        """``{"model", "model_path", "hidden_size", "max_model_len"}`` of the served model."""
         ...
 
     def chat_prompt(self, messages: list[dict]) -> str:

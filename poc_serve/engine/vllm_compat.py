@@ -29,14 +29,29 @@ except ImportError:  # pragma: no cover - depends on the installed vLLM
 __all__ = [
     "ENGINE_ENVIRONMENT", "LLAMA_STYLE_DECODER_LAYERS", "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM",
     "IntermediateTensors", "SamplingParams", "attention_modules", "attention_scale", "decoder_layers",
-    "decoder_stack", "final_decoder_layer", "flash_attention_varlen", "fused_qk_norm_rope_kernel", "get_pp_group",
-    "get_tp_group", "model_dtype", "platform_kernels", "prepare_engine_environment", "qk_norm_attention_blocks",
-    "qk_norm_rope_arguments", "ray_executor_runs_calls_in_order", "worker_model",
+    "decoder_stack", "engine_quantization", "final_decoder_layer", "flash_attention_varlen",
+    "fused_qk_norm_rope_kernel", "get_pp_group", "get_tp_group", "model_call_context", "model_dtype",
+    "platform_kernels", "prepare_engine_environment", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
+    "ray_executor_runs_calls_in_order", "worker_model",
 ]
 
 # vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
 # with vLLM's (hidden_states, residual) convention: the forward the PoC's final layer mirrors.
-LLAMA_STYLE_DECODER_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer")
+LLAMA_STYLE_DECODER_LAYERS = ("LlamaDecoderLayer", "Qwen2DecoderLayer", "Qwen3DecoderLayer", "Qwen3MoeDecoderLayer")
+
+
+@contextlib.contextmanager
+def model_call_context(worker: Any, num_tokens: int) -> Iterator[None]:
+    """vLLM's forward context for one model call of ``num_tokens`` tokens, as its model runner sets
+    it around every step: Mixture-of-Experts layers find themselves in it by name (their custom op
+    looks the layer up there), and data- or sequence-parallel MoE reads the token counts. No
+    attention metadata: the PoC forward swaps attention for its own. ``skip_compiled`` keeps a
+    compiled decoder's ``__call__`` from entering the torch.compile graph should anything call it.
+    One context per forward: MoE layers may count their calls in it."""
+    from vllm.forward_context import set_forward_context
+
+    with set_forward_context(None, worker.vllm_config, num_tokens=num_tokens, skip_compiled=True):
+        yield
 
 
 def ray_executor_runs_calls_in_order() -> bool:
@@ -81,6 +96,16 @@ def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[st
     applied = {k: v for k, v in wanted.items() if k not in os.environ}
     os.environ.update(applied)
     return applied
+
+
+def engine_quantization(args: AsyncEngineArgs) -> tuple[str | None, dict[str, Any] | None]:
+    """(the quantization method vLLM will use, the checkpoint's ``quantization_config`` or None)
+    for engine ``args``, read from the model's config without loading any weight."""
+    model_config = args.create_model_config()
+    checkpoint = getattr(model_config.hf_config, "quantization_config", None)
+    if checkpoint is not None and not isinstance(checkpoint, dict):
+        checkpoint = checkpoint.to_dict()
+    return model_config.quantization, checkpoint
 
 
 def worker_model(worker: Any) -> nn.Module:

@@ -13,22 +13,40 @@ from typing import Literal
 
 import torch
 
-Architecture = Literal["qwen3", "llama"]
+Architecture = Literal["qwen3", "llama", "qwen3_moe"]
 
-# Shapes of the built-in models: "tiny" for tests and the CPU default, "qwen3-0.6b-shape" for
-# benchmarks (the real Qwen3-0.6B's layer shapes, random weights).
-SHAPES: dict[str, dict[str, int]] = {
+# Shapes of the built-in models: "tiny" and "tiny-moe" for tests and the CPU default,
+# "qwen3-0.6b-shape" for benchmarks (the real Qwen3-0.6B's layer shapes, random weights), and
+# "qwen3-30b-a3b-8l-shape": Qwen3-30B-A3B's layer shapes (128 experts, 8 routed per token) with 8
+# of its 48 layers, so that it builds and starts on one GPU in minutes (10 GB in bf16). Per-layer
+# work per token is the real model's; a nonce costs 8/48 of its forward.
+SHAPES: dict[str, dict[str, int | bool]] = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                  head_dim=32, intermediate_size=256, vocab_size=1024, max_position_embeddings=1024),
+    "tiny-moe": dict(hidden_size=128, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                     head_dim=32, intermediate_size=256, moe_intermediate_size=64, num_experts=8,
+                     num_experts_per_tok=2, norm_topk_prob=True, vocab_size=1024, max_position_embeddings=1024),
     "qwen3-0.6b-shape": dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16,
                              num_key_value_heads=8, head_dim=128, intermediate_size=3072,
                              vocab_size=151936, max_position_embeddings=4096),
+    "qwen3-30b-a3b-8l-shape": dict(hidden_size=2048, num_hidden_layers=8, num_attention_heads=32,
+                                   num_key_value_heads=4, head_dim=128, intermediate_size=6144,
+                                   moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
+                                   vocab_size=151936, max_position_embeddings=4096),
 }
 # Names that `model` settings accept for the built-in checkpoints.
 BUILTIN_MODELS: dict[str, tuple[Architecture, str]] = {
     "poc-tiny-qwen3": ("qwen3", "tiny"),
     "poc-tiny-llama": ("llama", "tiny"),
+    "poc-tiny-qwen3-moe": ("qwen3_moe", "tiny-moe"),
     "poc-qwen3-0.6b-random": ("qwen3", "qwen3-0.6b-shape"),
+    "poc-qwen3-30b-a3b-8l-random": ("qwen3_moe", "qwen3-30b-a3b-8l-shape"),
+}
+# transformers (config, model) classes of each architecture.
+_ARCHITECTURES: dict[Architecture, tuple[str, str]] = {
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM"),
+    "llama": ("LlamaConfig", "LlamaForCausalLM"),
+    "qwen3_moe": ("Qwen3MoeConfig", "Qwen3MoeForCausalLM"),
 }
 # Bumped whenever what a built-in checkpoint contains changes, so caches are rebuilt.
 _DONE_MARKER = "poc_serve_built_v2.json"
@@ -46,18 +64,19 @@ _CHAT_TEMPLATE = (
 
 def build_random_checkpoint(path: str | Path, architecture: Architecture = "qwen3", shape: str = "tiny",
                             dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> Path:
-    """Write a random-weight causal LM (config.json + safetensors) to ``path`` and return it."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    """Write a random-weight causal LM (config.json + safetensors) to ``path`` and return it.
+    Weights are drawn on a GPU where there is one (a GPU-sized model takes minutes on CPUs), so
+    the same name may hold other random values on another machine; PoC checks compare the engine
+    with a reference that loads the same checkpoint."""
+    import transformers
 
     path = Path(path)
-    dims = dict(SHAPES[shape])
-    if architecture == "qwen3":
-        config, model_cls = Qwen3Config(**dims, tie_word_embeddings=True), Qwen3ForCausalLM
-    else:
-        config, model_cls = LlamaConfig(**dims, tie_word_embeddings=True), LlamaForCausalLM
+    config_cls, model_cls = _ARCHITECTURES[architecture]
+    config = getattr(transformers, config_cls)(**SHAPES[shape], tie_word_embeddings=True)
     config.dtype = dtype
     torch.manual_seed(seed)
-    model = model_cls(config).to(dtype)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = getattr(transformers, model_cls)(config).to(dtype)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     build_tokenizer(path, config.vocab_size)

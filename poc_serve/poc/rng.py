@@ -122,3 +122,14 @@ def normal(seeds: torch.Tensor | list[int], m: int, device: torch.device | str |
     if _box_muller_cuda is None:
         _box_muller_cuda = torch.compile(_box_muller, dynamic=False)
     return _box_muller_cuda(seed_col, m)
+
+
+def normal_eager(seeds: torch.Tensor | list[int], m: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """:func:`normal` without compilation on any device: a float32 tensor of shape ``[B, m]``.
+
+    For small ``m`` (the PoC v2 Haar vectors have ``k`` = 12 values per seed): there the work is
+    tiny, while the compiled kernel is specialised to one batch shape and would be recompiled for
+    every new number of nonces. Same layout as :func:`normal`; on CUDA the float values may differ
+    from the compiled ones in the last bit.
+    """
+    return _box_muller(_seed_column(seeds, device), m)

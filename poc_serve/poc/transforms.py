@@ -7,6 +7,8 @@ fixed-size row blocks so that every row always meets the same kernel and summati
 
 from __future__ import annotations
 
+import hashlib
+import math
 from collections import OrderedDict
 from typing import Literal, Sequence
 
@@ -43,6 +45,40 @@ def nonce_input_seed(block_hash: str, public_key: str, nonce: int) -> int:
     return seed_from_string(f"{block_hash}_{public_key}_nonce{nonce}")
 
 
+STRONGER_RNG_SEGMENTS = 8
+
+
+def stronger_input_seeds(block_hash: str, public_key: str, nonce: int) -> list[int]:
+    """The 8 sub-seeds of ``poc_stronger_rng`` (poc-v2.md section 2).
+
+    SHA-256 of the same string as :func:`nonce_input_seed`, cut into 8 big-endian uint32 words:
+    the legacy inputs of a nonce come from one 32-bit seed, so at most 2^32 distinct inputs exist;
+    the stronger variant draws each eighth of the inputs from its own word.
+    """
+    digest = hashlib.sha256(f"{block_hash}_{public_key}_nonce{nonce}".encode("utf-8")).digest()
+    return [int.from_bytes(digest[4 * j:4 * j + 4], "big") for j in range(STRONGER_RNG_SEGMENTS)]
+
+
+def _stronger_normal(seed_rows: list[list[int]], total: int, device: torch.device | str | None) -> torch.Tensor:
+    """``[B, total]`` float32: row ``b`` is the concatenation of segments ``normal(q_j, len_j)``.
+
+    Segment ``j`` covers ``[j*g, min((j+1)*g, total))`` with ``g = ceil(total / 8)``. Each segment
+    has its own Box-Muller layout, so a short last segment is drawn at its own length (not cut
+    from a full one); the full segments of all rows are drawn in one call.
+    """
+    batch = len(seed_rows)
+    g = math.ceil(total / STRONGER_RNG_SEGMENTS)
+    n_full = total // g
+    parts = []
+    if n_full:
+        full_seeds = [row[j] for row in seed_rows for j in range(n_full)]
+        parts.append(normal(full_seeds, g, device).view(batch, n_full * g))
+    rest = total - n_full * g
+    if rest:
+        parts.append(normal([row[n_full] for row in seed_rows], rest, device))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 def input_embeddings(
     block_hash: str,
     public_key: str,
@@ -51,8 +87,18 @@ def input_embeddings(
     hidden_size: int,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
+    *,
+    stronger_rng: bool = False,
 ) -> torch.Tensor:
-    """Input embeddings ``[B, seq_len, hidden_size]`` of a batch of nonces, cast to ``dtype``."""
+    """Input embeddings ``[B, seq_len, hidden_size]`` of a batch of nonces, cast to ``dtype``.
+
+    With ``stronger_rng`` (the v2 request flag ``poc_stronger_rng``) the values come from the
+    8 SHA-256 sub-seeds of :func:`stronger_input_seeds` instead of the one 32-bit seed.
+    """
+    if stronger_rng:
+        rows = [stronger_input_seeds(block_hash, public_key, n) for n in nonces]
+        z = _stronger_normal(rows, seq_len * hidden_size, device)
+        return z.view(len(rows), seq_len, hidden_size).to(dtype)
     seeds = [nonce_input_seed(block_hash, public_key, n) for n in nonces]
     z = normal(seeds, seq_len * hidden_size, device)
     return z.view(len(seeds), seq_len, hidden_size).to(dtype)
@@ -69,6 +115,16 @@ def layer_transform(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     t32 = t.float()
     t32 = t32 / (torch.linalg.vector_norm(t32, dim=-1, keepdim=True) + EPS)
     return reflect(t32, v.float()).to(t.dtype)
+
+
+def layer_reflection(t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """The PoC v2 per-layer map (poc-v2.md section 1 step 2): ``t - 2 (t . v) v`` per token.
+
+    ``v`` is :func:`layer_householder` (float32, unit norm without eps). Unlike v1's
+    :func:`layer_transform` there is no normalisation, and the network computes the dot and the
+    update in the activation dtype, so ``v`` is cast to ``t.dtype`` and nothing is upcast.
+    """
+    return reflect(t, v.to(dtype=t.dtype, device=t.device))
 
 
 class RoundProjection:

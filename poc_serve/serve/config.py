@@ -21,7 +21,8 @@ class PoCAppArgs(BaseModel):
 
     model: str = Field("poc-tiny-qwen3", description=(
         "Local checkpoint path, model hub name, or built-in random model (poc-tiny-qwen3, "
-        "poc-tiny-llama, poc-qwen3-0.6b-random), built on first start."))
+        "poc-tiny-llama, poc-tiny-qwen3-moe, poc-qwen3-0.6b-random, poc-qwen3-30b-a3b-8l-random), built on first "
+        "start."))
     engine: EngineConfig = Field(default_factory=EngineConfig, description=(
         "vLLM engine settings of every engine replica (its `model` comes from the top-level key)."))
     num_engine_replicas: int = Field(1, ge=1, description="Engine replicas sharing the nonce space.")

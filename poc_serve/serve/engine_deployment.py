@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Awaitable, Callable
+import contextlib
+import logging
+from typing import AsyncIterator, Awaitable, Callable, Iterator
 
 from ray import serve
 
 from poc_serve.engine.config import EngineConfig
-from poc_serve.engine.protocol import PoCEngineProtocol, PoCRound
+from poc_serve.engine.protocol import ArtifactRound, PoCComputeError, PoCEngineProtocol, PoCRound
+
+logger = logging.getLogger("ray.serve.poc_serve")
+# The cause's first line is what an HTTP caller sees; the whole traceback goes to the replica log.
+_CAUSE_CHARS = 500
 
 
 async def _build_vllm_engine(config: EngineConfig) -> PoCEngineProtocol:
@@ -25,12 +31,41 @@ class PoCEngineDeployment:
     # Serve awaits an async constructor; the replica takes requests only once the engine is up.
     async def __init__(self, config: EngineConfig,  # type: ignore[misc]
                        engine_factory: Callable[[EngineConfig], Awaitable[PoCEngineProtocol]] = _build_vllm_engine):
+        self.config = config
         self.engine = await engine_factory(config)
 
     async def compute(self, round: dict, nonces: list[int]) -> list[float]:
-        """Distances of ``nonces`` for ``round`` (a :class:`PoCRound` as a dict)."""
-        result = await self.engine.compute(PoCRound(**round), nonces)
+        """v1 distances of ``nonces`` for ``round`` (a :class:`PoCRound` as a dict)."""
+        poc_round = PoCRound(**round)
+        with self._failures_named(poc_round.seq_len, len(nonces), poc_round.randomization):
+            result = await self.engine.compute(poc_round, nonces)
         return result.distances
+
+    async def compute_artifacts(self, round: dict, nonces: list[int]) -> list[str | None]:
+        """v2 artifacts (vector_b64, None where non-finite) of ``nonces`` for ``round`` (an
+        :class:`ArtifactRound` as a dict)."""
+        artifact_round = ArtifactRound(**round)
+        with self._failures_named(artifact_round.seq_len, len(nonces), f"v2 k_dim {artifact_round.k_dim}"):
+            result = await self.engine.compute_artifacts(artifact_round, nonces)
+        return result.artifacts
+
+    async def model_info(self) -> dict:
+        """The served model, the path vLLM loaded, its hidden size and longest sequence."""
+        return self.engine.model_info()
+
+    @contextlib.contextmanager
+    def _failures_named(self, seq_len: int, count: int, kind: str) -> Iterator[None]:
+        """A failed PoC call is logged here, once, with the model and the call's shape, and
+        raised as :class:`PoCComputeError` naming its cause (what HTTP callers see)."""
+        try:
+            yield
+        except Exception as exc:
+            lines = str(exc).strip().splitlines() or [type(exc).__name__]
+            reason = f"PoC forward failed on the engine: {lines[0][:_CAUSE_CHARS]}"
+            logger.error("%s (model %s, %d nonces, seq_len %d, %s, %d nonces per forward)", reason,
+                         self.config.model, count, seq_len, kind, self.config.poc_forward_size(seq_len),
+                         exc_info=exc)
+            raise PoCComputeError(reason) from exc
 
     async def generate(self, request: dict) -> AsyncIterator[dict]:
         """Stream one inference request: ``{"prompt" | "messages", "sampling", "request_id"}``.

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from poc_serve.engine.protocol import PoCRound
+from poc_serve.engine.protocol import PoCComputeError, PoCRound
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.inference import InferenceService
@@ -24,6 +24,9 @@ from poc_serve.serve.round_manager import RoundError, RoundManager
 
 API_PREFIX = "/api/v1/pow"
 _ENGINE_PROBE_TIMEOUT_S = 5.0
+# A call that needs the engine waits at most this long to learn whether one is ready.
+_ENGINE_READY_TIMEOUT_S = 2.0
+_ENGINE_RETRY_AFTER_S = 10
 # A version segment that a proxy in front of the node normally strips, e.g. /v3.0.8/api/v1/pow/status.
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)*(?=/api/)")
 
@@ -53,7 +56,8 @@ app.add_middleware(CallerHabitsMiddleware)
 
 @app.exception_handler(RoundError)
 async def _round_error(request: Request, exc: RoundError) -> JSONResponse:
-    return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)})
+    headers = {"Retry-After": str(_ENGINE_RETRY_AFTER_S)} if exc.status_code == 503 else None
+    return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)}, headers=headers)
 
 
 @serve.deployment(max_ongoing_requests=256)
@@ -125,6 +129,7 @@ class PoCIngress:
 
     @app.post(f"{API_PREFIX}/validate", response_model=ValidatedBatch)
     async def validate(self, body: ProofBatch) -> ValidatedBatch:
+        await self._require_engine()
         return await self.manager.validate(body)
 
     @app.get("/v1/models")
@@ -140,13 +145,31 @@ class PoCIngress:
         return await self.inference.chat(body)
 
     async def _compute(self, round: PoCRound, nonces: list[int]) -> list[float]:
-        distances = await self._engine.compute.remote(round.model_dump(), nonces)
+        try:
+            distances = await self._engine.compute.remote(round.model_dump(), nonces)
+        except PoCComputeError as exc:  # Ray's wrapper of the engine's error keeps its reason
+            raise RoundError(502, exc.reason) from exc
+        except Exception as exc:  # the replica died, or Ray could not reach it
+            raise RoundError(502, f"PoC forward failed on the engine: {type(exc).__name__}") from exc
         self.manager.engine_ready = True
         return distances
 
     async def _probe_engine(self) -> None:
         await self._engine.check_health.remote()
         self.manager.engine_ready = True
+
+    async def _require_engine(self) -> None:
+        """503 within seconds, rather than a call that waits for a replica that may never come."""
+        if self.manager.engine_ready:
+            return
+        try:
+            await asyncio.wait_for(self._probe_engine(), timeout=_ENGINE_READY_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise RoundError(503, "no engine replica is ready yet (starting, or failed to start: see the "
+                                  "PoCEngineDeployment replica logs)") from None
+        except Exception as exc:
+            raise RoundError(503, f"no engine replica is ready: {type(exc).__name__}: "
+                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
 
     async def check_health(self) -> None:
         """The ingress itself is healthy; its periodic check also finds out when an engine is ready

@@ -1,0 +1,138 @@
+"""Engine faults answered over HTTP: a PoC call that fails on the engine, and no engine at all.
+
+Real Ray Serve and real HTTP; the engines are stand-ins injected through the engine deployment's
+``engine_factory``, because neither fault can be caused on purpose with a healthy vLLM engine: one
+raises what vLLM's workers raised before the PoC forward ran in vLLM's forward context, the other
+never finishes starting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+
+import httpx
+import pytest
+import ray
+from ray import serve
+from ray.serve import api as serve_api
+
+from poc_serve.engine.protocol import PoCBatchResult
+from poc_serve.serve.config import PoCAppArgs
+from poc_serve.serve.engine_deployment import PoCEngineDeployment
+from poc_serve.serve.ingress import PoCIngress
+
+ROUND = dict(block_hash="err_block", block_height=1, public_key="err_key", seq_len=16, r_target=1.4)
+PROOF = dict(block_hash="err_block", block_height=1, public_key="err_key", nonces=[1, 2], dist=[1.3, 1.35])
+CAUSE = "Forward context is not set. Please use `set_forward_context` to set the forward context."
+
+
+class FailingEngine:
+    """Starts, then fails every PoC call as vLLM's fused-MoE layer did outside a forward context."""
+
+    max_model_len = 256
+
+    async def compute(self, round, nonces, return_hidden=False) -> PoCBatchResult:
+        raise RuntimeError(f"Worker failed with error '{CAUSE}', please check the stack trace above")
+
+    async def check_health(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass
+
+
+async def failing_engine(config):
+    return FailingEngine()
+
+
+async def engine_that_never_starts(config):
+    await asyncio.sleep(3600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _app(factory, name: str):
+    args = PoCAppArgs(model="stand-in", engine=dict(max_model_len=256, max_num_batched_tokens=1024))
+    engine = PoCEngineDeployment.options(name=f"{name}_engine", ray_actor_options={"num_cpus": 0}).bind(
+        args.engine, engine_factory=factory)
+    return PoCIngress.options(name=f"{name}_ingress", ray_actor_options={"num_cpus": 0}).bind(engine, args)
+
+
+@pytest.fixture(scope="module")
+def base_url():
+    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def test_failing_poc_call_answers_json_naming_the_cause(base_url):
+    """/validate answers 502 with ``{"detail": "PoC forward failed on the engine: <cause>"}``, not a
+    bare Internal Server Error; the node keeps answering afterwards."""
+    serve.run(_app(failing_engine, "failing"), name="failing", route_prefix="/failing")
+    with httpx.Client(base_url=f"{base_url}/failing/api/v1/pow", timeout=60) as client:
+        assert client.post("/init/validate", json=ROUND).status_code == 200
+        answer = client.post("/validate", json=PROOF)
+        assert answer.status_code == 502, answer.text
+        assert answer.headers["content-type"] == "application/json"
+        detail = answer.json()["detail"]
+        assert detail.startswith("PoC forward failed on the engine: ")
+        assert CAUSE in detail
+        assert client.get("/status").status_code == 200
+    serve.delete("failing")
+
+
+def test_no_engine_answers_503_within_seconds(base_url):
+    """While no engine replica is ready, /validate answers 503 with a reason and Retry-After
+    within 2 s (plus HTTP overhead) instead of waiting for a replica that may never come, and
+    /status says the model is not initialised."""
+    # serve.run would wait for the engine; its non-waiting form deploys and returns.
+    serve_api._run(_app(engine_that_never_starts, "starting"), name="starting", route_prefix="/starting",
+                   _blocking=False)
+    with httpx.Client(base_url=f"{base_url}/starting/api/v1/pow", timeout=60) as client:
+        deadline = time.time() + 60  # the ingress comes up; the engine never does
+        while time.time() < deadline:
+            try:
+                if client.get("/status").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.5)
+        assert client.get("/status").json()["is_model_initialized"] is False
+        assert client.post("/init/validate", json=ROUND).status_code == 200
+        started = time.monotonic()
+        answer = client.post("/validate", json=PROOF)
+        took = time.monotonic() - started
+        assert answer.status_code == 503, answer.text
+        assert "no engine replica is ready" in answer.json()["detail"]
+        assert int(answer.headers["retry-after"]) > 0
+        assert took < 4, f"503 took {took:.1f}s"
+    serve.delete("starting")
+
+
+def test_engine_failure_is_logged_once_with_model_and_shape(caplog):
+    """The engine deployment logs the cause once, naming the model and the call's shape, and
+    raises PoCComputeError carrying the message callers see."""
+    from poc_serve.engine.protocol import PoCComputeError
+
+    deployment = PoCEngineDeployment.func_or_class.__new__(PoCEngineDeployment.func_or_class)
+    args = PoCAppArgs(model="stand-in-model", engine=dict(max_model_len=256, max_num_batched_tokens=1024))
+    deployment.config, deployment.engine = args.engine, FailingEngine()
+    with caplog.at_level(logging.ERROR, logger="ray.serve.poc_serve"):
+        with pytest.raises(PoCComputeError) as raised:
+            asyncio.run(deployment.compute(dict(block_hash="b", public_key="k", seq_len=16), [1, 2, 3]))
+    assert raised.value.reason.startswith("PoC forward failed on the engine: ") and CAUSE in raised.value.reason
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1
+    message = errors[0].getMessage()
+    assert "stand-in-model" in message and "3 nonces" in message and "seq_len 16" in message
+    assert "64 nonces per forward" in message
