@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 
 import httpx
@@ -23,6 +22,8 @@ from poc_serve.engine.protocol import PoCBatchResult
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.engine_deployment import PoCEngineDeployment
 from poc_serve.serve.ingress import PoCIngress
+
+from tests.net import free_port
 
 ROUND = dict(block_hash="err_block", block_height=1, public_key="err_key", seq_len=16, r_target=1.4)
 PROOF = dict(block_hash="err_block", block_height=1, public_key="err_key", nonces=[1, 2], dist=[1.3, 1.35])
@@ -52,11 +53,6 @@ async def engine_that_never_starts(config):
     await asyncio.sleep(3600)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _app(factory, name: str):
     args = PoCAppArgs(model="stand-in", engine=dict(max_model_len=256, max_num_batched_tokens=1024))
@@ -68,7 +64,7 @@ def _app(factory, name: str):
 @pytest.fixture(scope="module")
 def base_url():
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()

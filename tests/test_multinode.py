@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from ray.util.state import list_actors
 from poc_serve.app import build_app
 from poc_serve.poc import r_target_for
 from poc_serve.serve.metrics import EXPORTED_NAMES
+from tests.net import free_port
 from tests.test_deploy import grafana_metric_names, load_grafana_dashboard
 
 REPO = Path(__file__).resolve().parent.parent
@@ -52,15 +52,10 @@ APP_ARGS = dict(
 ENGINE, INGRESS = "PoCEngineDeployment", "PoCIngress"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _node_ports() -> list[str]:
     """Ports each node needs for itself: two nodes on one host must not share any."""
-    return [f"--{name}={_free_port()}" for name in (
+    return [f"--{name}={free_port()}" for name in (
         "node-manager-port", "object-manager-port", "dashboard-agent-listen-port",
         "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")]
 
@@ -152,7 +147,7 @@ def cluster(request):
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO),
            "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     env.pop("RAY_ADDRESS", None)
-    gcs_port, dashboard_port, http_port = _free_port(), _free_port(), _free_port()
+    gcs_port, dashboard_port, http_port = free_port(), free_port(), free_port()
     gcs = f"127.0.0.1:{gcs_port}"
     nodes: list[RayNode] = []
     state = dict(gcs=gcs, temp_dir=temp_dir, env=env, nodes=nodes, http_port=http_port,
@@ -161,7 +156,7 @@ def cluster(request):
         nodes.append(RayNode("head", [
             "--head", f"--port={gcs_port}", '--resources={"head": 1}', "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-            f"--ray-client-server-port={_free_port()}"], temp_dir, env))
+            f"--ray-client-server-port={free_port()}"], temp_dir, env))
         _wait("the head's GCS", lambda: _connect(gcs), 120)
         nodes.append(RayNode("worker1", [f"--address={gcs}", '--resources={"poc_worker": 1}'], temp_dir, env))
         _wait("the worker node", lambda: len(_alive_nodes()) == 2, 120)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,15 +18,12 @@ import yaml
 
 from poc_serve.poc import r_target_for
 
+from tests.net import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 ROUND = dict(block_hash="moe_block", block_height=3, public_key="moe_key", seq_len=32, r_target=r_target_for(0.10),
              node_id=0, node_count=1)
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(what: str, predicate, timeout: float):
@@ -46,7 +42,7 @@ def _wait(what: str, predicate, timeout: float):
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     config = yaml.safe_load((ROOT / "serve_config.yaml").read_text())
-    port = _free_port()
+    port = free_port()
     config["http_options"] = {"host": "127.0.0.1", "port": port}
     config["applications"][0]["args"]["model"] = "poc-tiny-qwen3-moe"
     folder = tmp_path_factory.mktemp("serve_run_moe")
@@ -59,7 +55,11 @@ def node(tmp_path_factory):
                             stderr=subprocess.STDOUT, start_new_session=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/pow", timeout=120) as client:
-            _wait("the engine", lambda: client.get("/status").json()["is_model_initialized"], timeout=420)
+            def engine_ready() -> bool:  # the proxy answers 404 until the application is deployed
+                answer = client.get("/status")
+                return answer.status_code == 200 and answer.json()["is_model_initialized"]
+
+            _wait("the engine", engine_ready, timeout=420)
             yield client
     finally:
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does: serve run shuts Serve and Ray down

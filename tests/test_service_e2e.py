@@ -3,7 +3,6 @@ a real callback receiver. One application serves the module; it is restarted onc
 
 from __future__ import annotations
 
-import socket
 import time
 
 import httpx
@@ -14,6 +13,7 @@ from ray import serve
 
 from poc_serve.app import build_app
 from poc_serve.poc import r_target_for
+from tests.net import free_port
 from tests.receiver import CallbackReceiver
 
 R10 = r_target_for(0.10)
@@ -26,11 +26,6 @@ APP_ARGS = dict(
 found: dict[str, list] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def _deploy() -> None:
     serve.run(build_app(APP_ARGS), name="poc", route_prefix="/")
@@ -39,7 +34,7 @@ def _deploy() -> None:
 @pytest.fixture(scope="module")
 def client():
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    port = _free_port()
+    port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     _deploy()
     with httpx.Client(base_url=f"http://127.0.0.1:{port}/api/v1/pow", timeout=120) as c:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from scipy.stats import binom
 
-from poc_serve.poc.rng import hash32, normal_eager, seed_from_string
+from poc_serve.poc.rng import hash32, normal_eager, seed_column, seed_from_string
 from poc_serve.poc.transforms import EPS, reflect
 
 DEFAULT_K_DIM = 12
@@ -47,8 +47,8 @@ def haar_seeds(block_hash: str, public_key: str, nonce: int, k: int) -> list[int
 def pick_scores(block_hash: str, public_key: str, nonces: Sequence[int], k: int, hidden_size: int,
                 device: torch.device | str | None = None) -> torch.Tensor:
     """``s_i = hash32(i, pick_seed)`` for ``i < hidden_size``: int64 ``[B, hidden_size]`` in ``[0, 2^32)``."""
-    seeds = torch.tensor([pick_seed(block_hash, public_key, n, k) for n in nonces], dtype=torch.int64)
-    seeds = seeds.to(device).unsqueeze(1)
+    # seed_column: a plain .to(cuda) would wait for the forward still running on the GPU.
+    seeds = seed_column([pick_seed(block_hash, public_key, n, k) for n in nonces], device)
     index = torch.arange(hidden_size, dtype=torch.int64, device=seeds.device).unsqueeze(0)
     return hash32(index, seeds)
 

@@ -76,7 +76,8 @@ def hash32(index: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def _seed_column(seeds: torch.Tensor | list[int], device: torch.device | str | None) -> torch.Tensor:
+def seed_column(seeds: torch.Tensor | list[int], device: torch.device | str | None) -> torch.Tensor:
+    """Seeds as an int64 column ``[B, 1]`` on ``device``, copied without a host sync on CUDA."""
     host = torch.as_tensor(seeds, dtype=torch.int64)
     if device is not None and torch.device(device).type == "cuda" and host.device.type == "cpu":
         # A copy from pageable memory blocks the host until the GPU has finished everything queued
@@ -88,7 +89,7 @@ def _seed_column(seeds: torch.Tensor | list[int], device: torch.device | str | N
 
 def uniform(seeds: torch.Tensor | list[int], m: int, device: torch.device | str | None = None) -> torch.Tensor:
     """``float32(hash32(i, seed)) / 2^32`` for ``i < m``: a float32 tensor of shape ``[B, m]``."""
-    seed_col = _seed_column(seeds, device)
+    seed_col = seed_column(seeds, device)
     index = torch.arange(m, dtype=torch.int64, device=seed_col.device).unsqueeze(0)
     return hash32(index, seed_col).to(torch.float32) / _TWO_POW_32
 
@@ -116,7 +117,7 @@ def normal(seeds: torch.Tensor | list[int], m: int, device: torch.device | str |
     ``p + j`` the sine branch of the same pair. On CUDA devices the computation is compiled.
     """
     global _box_muller_cuda
-    seed_col = _seed_column(seeds, device)
+    seed_col = seed_column(seeds, device)
     if seed_col.device.type != "cuda":
         return _box_muller(seed_col, m)
     if _box_muller_cuda is None:
@@ -132,4 +133,4 @@ def normal_eager(seeds: torch.Tensor | list[int], m: int, device: torch.device |
     every new number of nonces. Same layout as :func:`normal`; on CUDA the float values may differ
     from the compiled ones in the last bit.
     """
-    return _box_muller(_seed_column(seeds, device), m)
+    return _box_muller(seed_column(seeds, device), m)
