@@ -1,9 +1,12 @@
-"""In-order, retrying delivery of the /generated and /validated callbacks (spec section 4).
+"""In-order, retrying delivery of the /generated and /validated callbacks (v1 spec section 4,
+v2 spec section 4.2).
 
 The reference dropped callbacks that failed or came late; here every callback is queued and sent
-FIFO by one background task, retried with exponential backoff until it is delivered or the sender
-is closed. Pending /generated batches are merged and capped so an unreachable receiver cannot
-make memory grow without bound.
+FIFO by one background task, retried with exponential backoff until it is delivered, the sender
+gives up on it (v2: ``max_attempts``, a 4xx other than 408/429) or the sender is closed or
+cleared. Pending /generated batches are merged and capped so an unreachable receiver cannot make
+memory grow without bound. Nothing is lost silently: every dropped callback and every dropped
+nonce or artifact is counted and logged at error.
 """
 
 import asyncio
@@ -11,7 +14,7 @@ import json
 import logging
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -19,6 +22,11 @@ logger = logging.getLogger(__name__)
 
 GENERATED = "generated"
 VALIDATED = "validated"
+# The lists of a /generated body: v1 sends nonces with their distances, v2 artifacts.
+_V1_LISTS = ("nonces", "dist")
+_V2_LISTS = ("artifacts",)
+# Client errors that a later attempt may cure; any other 4xx is final.
+_RETRIED_CLIENT_ERRORS = (408, 429)
 
 
 @dataclass(eq=False)  # deque.remove() must remove this very item, not an equal one
@@ -28,16 +36,18 @@ class _Item:
     url: str
     kind: str
     body: dict[str, Any]
+    # The body's lists that merge and count against the cap; () for a callback sent as it is.
+    lists: tuple[str, ...] = ()
 
     def merge_key(self) -> tuple[str, dict[str, Any]] | None:
         """What must be equal for two /generated batches to become one (all but the lists)."""
-        if self.kind != GENERATED:
+        if not self.lists:
             return None
-        return self.url, {k: v for k, v in self.body.items() if k not in ("nonces", "dist")}
+        return self.url, {k: v for k, v in self.body.items() if k not in self.lists}
 
     def size(self) -> int:
-        """Nonces this item holds (counted against max_pending_nonces when /generated)."""
-        return len(self.body["nonces"]) if self.kind == GENERATED else 0
+        """Nonces (v1) or artifacts (v2) this item holds, counted against max_pending_nonces."""
+        return len(self.body[self.lists[0]]) if self.lists else 0
 
 
 class CallbackSender:
@@ -51,6 +61,10 @@ class CallbackSender:
     the one being sent. At most `max_pending_nonces` /generated nonces wait in the queue (the
     batch being sent comes on top); beyond that the OLDEST pending nonces are dropped and an
     error is logged, so a long outage loses the earliest work rather than the newest.
+
+    ``max_attempts`` (None: until delivered) and ``retry_client_errors`` (False: a 4xx other than
+    408/429 is final) set when a callback is given up; ``on_outcome(kind, "sent" | "dropped",
+    items)`` observes every delivered or dropped callback (for metrics).
     """
 
     def __init__(
@@ -61,6 +75,9 @@ class CallbackSender:
         backoff_base: float = 1.0,
         backoff_cap: float = 30.0,
         max_pending_nonces: int = 1_000_000,
+        max_attempts: int | None = None,
+        retry_client_errors: bool = True,
+        on_outcome: Callable[[str, str, int], None] | None = None,
     ) -> None:
         """`base_url` is the default for enqueues that name none; times are in seconds."""
         self._base_url = base_url
@@ -68,6 +85,13 @@ class CallbackSender:
         self._backoff_base = backoff_base
         self._backoff_cap = backoff_cap
         self._max_pending_nonces = max_pending_nonces
+        self._max_attempts = max_attempts
+        self._retry_client_errors = retry_client_errors
+        self._on_outcome = on_outcome
+        self._dropped = 0
+        self._dropped_items = 0
+        # Set while clear() gives every pending callback its last attempt.
+        self._last_attempt = asyncio.Event()
         self._queue: deque[_Item] = deque()
         self._queued_nonces = 0
         self._current: _Item | None = None
@@ -89,6 +113,16 @@ class CallbackSender:
         """Callbacks delivered (answered 2xx) so far."""
         return self._sent
 
+    @property
+    def dropped_count(self) -> int:
+        """Callbacks given up (attempts spent, final error, cleared or closed undelivered)."""
+        return self._dropped
+
+    @property
+    def dropped_items(self) -> int:
+        """Nonces or artifacts of /generated callbacks that were dropped (by the cap too)."""
+        return self._dropped_items
+
     def start(self) -> None:
         """Start the background task on the running loop, if it is not running already."""
         if self._closed:
@@ -99,16 +133,23 @@ class CallbackSender:
 
     def enqueue_generated(self, batch: dict[str, Any], base_url: str | None = None) -> None:
         """Queue a ProofBatch dict of valid nonces (with r_target) for `{base_url}/generated`."""
+        self._enqueue_merged(batch, base_url, _V1_LISTS)
+
+    def enqueue_artifacts(self, body: dict[str, Any], base_url: str | None = None) -> None:
+        """Queue a v2 generation loop's /generated body (its ``artifacts`` merge like v1's nonces)."""
+        self._enqueue_merged(body, base_url, _V2_LISTS)
+
+    def _enqueue_merged(self, body: dict[str, Any], base_url: str | None, lists: tuple[str, ...]) -> None:
         self.start()
-        item = _Item(self._url(base_url, GENERATED), GENERATED, dict(batch))
-        item.body["nonces"] = list(batch["nonces"])
-        item.body["dist"] = list(batch["dist"])
-        if not item.body["nonces"]:
+        item = _Item(self._url(base_url, GENERATED), GENERATED, dict(body), lists)
+        for key in lists:
+            item.body[key] = list(body[key])
+        if not item.size():
             return
         last = self._queue[-1] if self._queue else None
         if last is not None and last.merge_key() == item.merge_key():
-            last.body["nonces"].extend(item.body["nonces"])
-            last.body["dist"].extend(item.body["dist"])
+            for key in lists:
+                last.body[key].extend(item.body[key])
         else:
             self._queue.append(item)
         self._queued_nonces += item.size()
@@ -117,8 +158,13 @@ class CallbackSender:
 
     def enqueue_validated(self, batch: dict[str, Any], base_url: str | None = None) -> None:
         """Queue a ValidatedBatch dict for `{base_url}/validated`."""
+        self.enqueue_whole(VALIDATED, batch, base_url)
+
+    def enqueue_whole(self, kind: str, body: dict[str, Any], base_url: str | None = None) -> None:
+        """Queue a callback for `{base_url}/{kind}` that is sent as it is, never merged nor cut
+        (a v1 /validated batch, a v2 job's result)."""
         self.start()
-        self._queue.append(_Item(self._url(base_url, VALIDATED), VALIDATED, dict(batch)))
+        self._queue.append(_Item(self._url(base_url, kind), kind, dict(body)))
         self._notify()
 
     async def flush(self, timeout: float | None = None) -> bool:
@@ -132,25 +178,54 @@ class CallbackSender:
             return False
         return True
 
+    async def clear(self, timeout: float) -> int:
+        """Give every pending callback one last attempt within ``timeout`` s, then drop what is
+        left (counted and logged); returns the callbacks dropped. The sender stays usable."""
+        dropped_before = self._dropped
+        if self.pending:
+            self._last_attempt.set()
+            if not await self.flush(timeout):
+                await self._cancel_task()
+                for item in [*([self._current] if self._current else []), *self._queue]:
+                    self._drop(item, "not delivered before the clear's deadline")
+                self._queue.clear()
+                self._current, self._queued_nonces = None, 0
+                self._idle.set()
+            self._last_attempt.clear()
+        return self._dropped - dropped_before
+
     async def close(self, timeout: float | None = None) -> bool:
         """Flush for up to `timeout` s, then stop; returns whether everything was delivered."""
         if self._closed:
             return not self.pending
         delivered = await self.flush(timeout)
         self._closed = True
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await self._cancel_task()
         if self._client is not None:
             await self._client.aclose()
         if not delivered:
             lost = self._queued_nonces + (self._current.size() if self._current else 0)
             logger.error("closing with %d callbacks undelivered (%d generated nonces lost)",
                          self.pending, lost)
+            self._dropped += self.pending
+            self._dropped_items += lost
         return delivered
+
+    async def _cancel_task(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _drop(self, item: _Item, why: str) -> None:
+        self._dropped += 1
+        self._dropped_items += item.size()
+        logger.error("dropping callback to %s (%d items): %s", item.url, item.size(), why)
+        if self._on_outcome:
+            self._on_outcome(item.kind, "dropped", item.size())
 
     def _url(self, base_url: str | None, kind: str) -> str:
         base = base_url or self._base_url
@@ -167,6 +242,7 @@ class CallbackSender:
         if excess <= 0:
             return
         self._queued_nonces -= excess
+        self._dropped_items += excess
         logger.error("callback queue over max_pending_nonces=%d: dropping the %d oldest "
                      "pending generated nonces", self._max_pending_nonces, excess)
         for item in list(self._queue):
@@ -175,10 +251,10 @@ class CallbackSender:
             if item.kind != GENERATED:
                 continue
             cut = min(excess, item.size())
-            del item.body["nonces"][:cut]
-            del item.body["dist"][:cut]
+            for key in item.lists:
+                del item.body[key][:cut]
             excess -= cut
-            if not item.body["nonces"]:
+            if not item.size():
                 self._queue.remove(item)
 
     async def _run(self) -> None:
@@ -196,9 +272,9 @@ class CallbackSender:
     async def _deliver(self, item: _Item) -> None:
         try:
             content = json.dumps(item.body).encode()
-        except (TypeError, ValueError):
+        except (TypeError, ValueError) as exc:
             # Could never succeed; retrying would block every later callback forever.
-            logger.exception("dropping callback to %s: body is not JSON-serialisable", item.url)
+            self._drop(item, f"body is not JSON-serialisable: {exc}")
             return
         assert self._client is not None
         headers = {"Content-Type": "application/json"}
@@ -208,11 +284,21 @@ class CallbackSender:
                 response = await self._client.post(item.url, content=content, headers=headers)
                 if response.is_success:
                     self._sent += 1
+                    if self._on_outcome:
+                        self._on_outcome(item.kind, "sent", item.size())
                     return
                 error = f"HTTP {response.status_code}"
+                final = (not self._retry_client_errors and 400 <= response.status_code < 500
+                         and response.status_code not in _RETRIED_CLIENT_ERRORS)
             except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"
+                error, final = f"{type(exc).__name__}: {exc}", False
+            if final or self._last_attempt.is_set() or attempt == self._max_attempts:
+                self._drop(item, f"attempt {attempt} failed: {error}")
+                return
             logger.warning("callback to %s failed (attempt %d): %s; retrying in %.2f s",
                            item.url, attempt, error, delay)
-            await asyncio.sleep(delay)
+            try:  # the backoff ends early when clear() asks for a last attempt
+                await asyncio.wait_for(self._last_attempt.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
             delay, attempt = min(delay * 2, self._backoff_cap), attempt + 1

@@ -53,6 +53,9 @@ class PoCAppArgs(BaseModel):
     allow_inference_during_validation: bool = Field(
         False, description="Accept inference requests while the round is VALIDATING (never while GENERATING).")
     inference_retry_after_s: int = Field(30, ge=1, description="Retry-After of the 503 answered while PoC runs.")
+    v2_p_value_threshold_as_fraud_threshold: bool = Field(
+        False, description=("PoC v2 validation: take stat_test.p_value_threshold (the network's key, 0.05) as the "
+                            "fraud threshold. Off, as upstream: the verdict uses stat_test.fraud_threshold (0.01)."))
 
     @model_validator(mode="before")
     @classmethod

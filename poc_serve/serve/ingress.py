@@ -1,6 +1,8 @@
-"""The ingress deployment: the /api/v1/pow HTTP API over the round manager.
+"""The ingress deployment: the PoC v1 API (/api/v1/pow) over the round manager, the PoC v2 API
+(/api/v1/inference/pow) over the artifact service, and the OpenAI routes.
 
-Routes stay a few lines: parsing is the protocol models' job, logic the round manager's.
+Routes stay a few lines: parsing is the protocol models' job, logic the round manager's and the
+artifact service's, who may run while what runs the policies'.
 """
 
 from __future__ import annotations
@@ -13,16 +15,19 @@ from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from poc_serve.engine.protocol import PoCComputeError, PoCRound
+from poc_serve.engine.protocol import ArtifactRound, PoCComputeError, PoCRound
+from poc_serve.serve.artifact_protocol import GenerateRequest, GenerationInit, InitGenerateAnswer, NodeStatus, StopAnswer
+from poc_serve.serve.artifact_service import ArtifactService
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.inference import InferenceService
 from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest
+from poc_serve.serve.policies import V1_API, V2_API, EnginePolicies
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
 
-API_PREFIX = "/api/v1/pow"
+API_PREFIX = V1_API
 _ENGINE_PROBE_TIMEOUT_S = 5.0
 # A call that needs the engine waits at most this long to learn whether one is ready.
 _ENGINE_READY_TIMEOUT_S = 2.0
@@ -43,7 +48,7 @@ class CallerHabitsMiddleware:
         if scope["type"] == "http":
             path = _VERSION_PREFIX.sub("", scope["path"])
             headers = scope["headers"]
-            if scope["method"] == "POST" and path.startswith(API_PREFIX):
+            if scope["method"] == "POST" and path.startswith((V1_API, V2_API)):
                 headers = [(k, v) for k, v in headers if k != b"content-type"]
                 headers.append((b"content-type", b"application/json"))
             scope = {**scope, "path": path, "raw_path": path.encode(), "headers": headers}
@@ -57,38 +62,50 @@ app.add_middleware(CallerHabitsMiddleware)
 @app.exception_handler(RoundError)
 async def _round_error(request: Request, exc: RoundError) -> JSONResponse:
     headers = {"Retry-After": str(_ENGINE_RETRY_AFTER_S)} if exc.status_code == 503 else None
-    return JSONResponse(status_code=exc.status_code, content={"detail": str(exc)}, headers=headers)
+    return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=headers)
 
 
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class PoCIngress:
-    """Serves the PoC API, holds the round, and drives the engine replicas through ``engine``'s
-    handle. Routes are methods (Serve's class-based ingress); the logic is the RoundManager's."""
+    """Serves the PoC APIs, holds v1's round and v2's generation and jobs, and drives the engine
+    replicas through ``engine``'s handle. Routes are methods (Serve's class-based ingress); the
+    logic is the RoundManager's (v1) and the ArtifactService's (v2), the rules the policies'."""
 
     def __init__(self, engine: DeploymentHandle, args: PoCAppArgs):
         self._engine = engine
         engine_config = args.engine
-        self._callbacks = CallbackSender(timeout=args.callback_timeout_s, backoff_base=args.callback_backoff_s,
-                                         backoff_cap=args.callback_backoff_cap_s,
-                                         max_pending_nonces=args.max_pending_callback_nonces)
+        metrics = PoCMetrics()
+        in_flight = args.num_engine_replicas * args.batches_in_flight_per_replica
+        self.policies = EnginePolicies(v1_state=lambda: self.manager.state,
+                                       v2_generating=lambda: self.artifacts.generation.running,
+                                       allow_inference_during_validation=args.allow_inference_during_validation)
         self.manager = RoundManager(
             compute=self._compute, batch_size=engine_config.poc_batch_size,
-            max_seq_len=engine_config.max_model_len,
-            batches_in_flight=args.num_engine_replicas * args.batches_in_flight_per_replica,
-            callbacks=self._callbacks, metrics=PoCMetrics(),
-            callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s)
-        self._allow_during_validation = args.allow_inference_during_validation
+            max_seq_len=engine_config.max_model_len, batches_in_flight=in_flight,
+            callbacks=self._sender(args, on_outcome=metrics.record_callback), metrics=metrics,
+            callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
+            generation_conflict=self.policies.v1_generation_conflict)
+        # v2's senders follow spec 4.2: 10 attempts, a 4xx other than 408/429 is final.
+        v2_sender = dict(max_attempts=10, retry_client_errors=False, on_outcome=metrics.record_callback)
+        self.artifacts = ArtifactService(
+            compute=self._compute_artifacts, model_info=self._engine_model_info,
+            batch_size=engine_config.poc_batch_size, replicas=args.num_engine_replicas, batches_in_flight=in_flight,
+            stream=self._sender(args, **v2_sender), jobs=self._sender(args, **v2_sender),
+            generation_conflict=self.policies.v2_generation_conflict, jobs_may_run=self.policies.jobs_may_run,
+            served_model_name=args.served_model_name, metrics=metrics,
+            callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
+            p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold)
         self.inference = InferenceService(
             generate=lambda request: self._engine.options(stream=True).generate.remote(request),
-            model_name=args.served_model_name or args.model, busy_reason=self._inference_busy_reason,
+            model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
             retry_after_s=args.inference_retry_after_s)
 
-    def _inference_busy_reason(self) -> str | None:
-        state = self.manager.state
-        if state == "GENERATING" or (state == "VALIDATING" and not self._allow_during_validation):
-            return f"Proof-of-Compute is running (state {state}); inference resumes after POST {API_PREFIX}/stop"
-        return None
+    @staticmethod
+    def _sender(args: PoCAppArgs, **policy) -> CallbackSender:
+        return CallbackSender(timeout=args.callback_timeout_s, backoff_base=args.callback_backoff_s,
+                              backoff_cap=args.callback_backoff_cap_s,
+                              max_pending_nonces=args.max_pending_callback_nonces, **policy)
 
     def _ok(self) -> ControlResponse:
         return ControlResponse(pow_status=self.manager.status())
@@ -132,6 +149,28 @@ class PoCIngress:
         await self._require_engine()
         return await self.manager.validate(body)
 
+    @app.post(f"{V2_API}/init/generate", response_model=InitGenerateAnswer)
+    async def v2_init_generate(self, body: GenerationInit) -> InitGenerateAnswer:
+        await self._require_engine()
+        return await self.artifacts.init_generate(body)
+
+    @app.post(f"{V2_API}/generate")
+    async def v2_generate(self, body: GenerateRequest) -> dict:
+        await self._require_engine()
+        return await self.artifacts.generate(body)
+
+    @app.get(f"{V2_API}/generate/{{request_id}}")
+    async def v2_job(self, request_id: str) -> dict:
+        return self.artifacts.job_state(request_id)
+
+    @app.get(f"{V2_API}/status", response_model=NodeStatus)
+    async def v2_status(self) -> NodeStatus:
+        return self.artifacts.status()
+
+    @app.post(f"{V2_API}/stop", response_model=StopAnswer)
+    async def v2_stop(self) -> StopAnswer:
+        return await self.artifacts.stop()
+
     @app.get("/v1/models")
     async def models(self) -> dict:
         return self.inference.models()
@@ -145,14 +184,26 @@ class PoCIngress:
         return await self.inference.chat(body)
 
     async def _compute(self, round: PoCRound, nonces: list[int]) -> list[float]:
+        return await self._engine_call("compute", round, nonces)
+
+    async def _compute_artifacts(self, round: ArtifactRound, nonces: list[int]) -> list[str | None]:
+        return await self._engine_call("compute_artifacts", round, nonces)
+
+    async def _engine_call(self, method: str, round: PoCRound | ArtifactRound, nonces: list[int]) -> list:
         try:
-            distances = await self._engine.compute.remote(round.model_dump(), nonces)
+            answer = await getattr(self._engine, method).remote(round.model_dump(), nonces)
         except PoCComputeError as exc:  # Ray's wrapper of the engine's error keeps its reason
             raise RoundError(502, exc.reason) from exc
         except Exception as exc:  # the replica died, or Ray could not reach it
             raise RoundError(502, f"PoC forward failed on the engine: {type(exc).__name__}") from exc
         self.manager.engine_ready = True
-        return distances
+        return answer
+
+    async def _engine_model_info(self) -> dict:
+        try:
+            return await self._engine.model_info.remote()
+        except Exception as exc:  # the replica died between the readiness probe and this call
+            raise RoundError(503, f"no engine replica answered model_info: {type(exc).__name__}") from exc
 
     async def _probe_engine(self) -> None:
         await self._engine.check_health.remote()

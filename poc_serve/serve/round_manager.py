@@ -1,4 +1,5 @@
-"""The PoC round: state machine, generation loop over engine replicas, statistics, validation.
+"""The PoC v1 round: state machine, statistics, validation; generation runs on the shared driver
+(:mod:`poc_serve.serve.generation`).
 
 Knows nothing of HTTP or Ray: it computes through an injected ``compute`` coroutine (in the
 service, a call to the engine deployment's handle) so that tests can drive it directly.
@@ -7,7 +8,6 @@ service, a call to the engine deployment's handle) so that tests can drive it di
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
@@ -15,23 +15,11 @@ from typing import Awaitable, Callable
 from poc_serve.engine.protocol import PoCRound
 from poc_serve.poc import NonceSequence, judge
 from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.generation import Every, RoundError, drive_batches, logger
 from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.protocol import PoCInitRequest, PoCStatus, ProofBatch, State, ValidatedBatch, ValidationStats
 
-# A child of Serve's logger, so the progress line lands in the replica log and the dashboard.
-logger = logging.getLogger("ray.serve.poc_serve")
-
 ComputeFn = Callable[[PoCRound, list[int]], Awaitable[list[float]]]
-# After a failed batch (replica died, restarting) wait before handing batches out again.
-_RETRY_DELAY_S = 1.0
-
-
-class RoundError(Exception):
-    """A request that the round's state does not allow; ``status_code`` is the HTTP answer."""
-
-    def __init__(self, status_code: int, message: str):
-        super().__init__(message)
-        self.status_code = status_code
 
 
 @dataclass
@@ -58,8 +46,11 @@ class RoundManager:
 
     def __init__(self, compute: ComputeFn, batch_size: Callable[[int], int], max_seq_len: int,
                  batches_in_flight: int, callbacks: CallbackSender, metrics: PoCMetrics | None = None,
-                 callback_interval_s: float = 5.0, log_interval_s: float = 5.0):
+                 callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
+                 generation_conflict: Callable[[], str | None] = lambda: None):
         self._compute = compute
+        # Why generation may not start now (another generation holds the engine), or None.
+        self._generation_conflict = generation_conflict
         self._batch_size = batch_size
         self.max_seq_len = max_seq_len
         self._in_flight_limit = batches_in_flight
@@ -98,6 +89,7 @@ class RoundManager:
                 if self.request is not None and self.request.round_key() == req.round_key():
                     return
                 raise RoundError(409, "another round is generating: POST /stop first to change its config")
+            self._check_no_conflict()
             self._configure(req, "IDLE")
             self._start_generation()
 
@@ -115,6 +107,7 @@ class RoundManager:
             if error:
                 raise RoundError(400, error)
             if self.state != "GENERATING":
+                self._check_no_conflict()
                 self._start_generation()
 
     async def phase_validate(self) -> None:
@@ -179,6 +172,11 @@ class RoundManager:
             raise RoundError(400, "no round configured: POST /init, /init/generate or /init/validate first")
         return self.request
 
+    def _check_no_conflict(self) -> None:
+        conflict = self._generation_conflict()
+        if conflict:
+            raise RoundError(409, conflict)
+
     def _configure(self, req: PoCInitRequest, state: State) -> None:
         if req.seq_len > self.max_seq_len:
             raise RoundError(400, f"seq_len {req.seq_len} exceeds the engine's max_model_len {self.max_seq_len}")
@@ -218,42 +216,10 @@ class RoundManager:
     async def _generate(self, req: PoCInitRequest, nonces: NonceSequence, stats: GenerationStats,
                         stop: asyncio.Event) -> None:
         round_ = _poc_round(req, req.public_key)
-        size = self._batch_size(req.seq_len)
-        in_flight: dict[asyncio.Task, list[int]] = {}
-        next_send = next_log = time.monotonic()
-        stop_wait = asyncio.create_task(stop.wait())
-        try:
-            while not stop.is_set() or in_flight:
-                while not stop.is_set() and len(in_flight) < self._in_flight_limit:
-                    batch = nonces.take(size)
-                    in_flight[asyncio.create_task(self._compute(round_, batch))] = batch
-                waiting = [*in_flight] if stop.is_set() else [*in_flight, stop_wait]
-                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-                failed = False
-                for task in done:
-                    if task is stop_wait:
-                        continue
-                    batch = in_flight.pop(task)
-                    try:
-                        self._record(req, stats, batch, task.result())
-                    except Exception as exc:  # a replica died or timed out: hand the batch out again
-                        nonces.put_back(batch)
-                        failed = True
-                        logger.warning("PoC batch of %d nonces failed, retrying it: %r", len(batch), exc)
-                now = time.monotonic()
-                if now >= next_send:
-                    self._send_found()
-                    next_send = now + self._callback_interval_s
-                if now >= next_log:
-                    self._log_progress()
-                    next_log = now + self._log_interval_s
-                if failed and not stop.is_set():
-                    await asyncio.sleep(_RETRY_DELAY_S)
-        finally:
-            stop_wait.cancel()
-            for task, batch in in_flight.items():  # only on cancellation: keep them for a resume
-                task.cancel()
-                nonces.put_back(batch)
+        await drive_batches(
+            lambda batch: self._compute(round_, batch), nonces, self._batch_size(req.seq_len), self._in_flight_limit,
+            lambda batch, distances: self._record(req, stats, batch, distances), stop,
+            periodic=[Every(self._callback_interval_s, self._send_found), Every(self._log_interval_s, self._log_progress)])
 
     def _record(self, req: PoCInitRequest, stats: GenerationStats, batch: list[int], distances: list[float]) -> None:
         found = [(n, d) for n, d in zip(batch, distances) if d < req.r_target]
