@@ -54,6 +54,15 @@ def test_cpu_engine_replicas_take_a_cpu_and_custom_resources():
     assert opts["ray_actor_options"]["num_cpus"] == 1
 
 
+def test_inference_and_poc_calls_have_separate_bounds():
+    """An engine replica admits its PoC calls plus max_inference_requests_per_replica inference
+    requests (vLLM's scheduler batches those), not a shared handful."""
+    opts = engine_deployment_options(PoCAppArgs(batches_in_flight_per_replica=3))
+    assert opts["max_ongoing_requests"] == 3 + 256 + 2
+    opts = engine_deployment_options(PoCAppArgs(max_inference_requests_per_replica=32))
+    assert opts["max_ongoing_requests"] == 2 + 32 + 2
+
+
 def test_poc_forward_and_call_sizes():
     """A forward holds poc_forward_tokens // seq_len nonces (default: max_num_batched_tokens), capped
     by max_poc_batch_size and at least 1; an engine call holds poc_forwards_per_call forwards."""

@@ -12,7 +12,7 @@ import ray
 from ray import serve
 
 from poc_serve.app import build_app
-from poc_serve.poc import r_target_for
+from poc_serve.poc import decode_artifact, r_target_for
 from tests.net import free_port
 from tests.receiver import CallbackReceiver
 
@@ -224,6 +224,95 @@ def test_two_replicas_check_the_node_sequence_once(client):
     st = _post(client, "/stop")["pow_status"]
     checked = st["total_checked"]
     assert sorted(st["valid_nonces"]) == [1 + 3 * i for i in range(checked)]
+
+
+V2_ROUND = dict(block_hash="v2_block", block_height=11, public_key="v2_key",
+                params={"model": "poc-tiny-qwen3", "seq_len": 32})
+
+
+@pytest.fixture(scope="module")
+def v2(client):
+    with httpx.Client(base_url=str(client.base_url).replace("/api/v1/pow", "/api/v1/inference/pow"),
+                      timeout=120) as c:
+        yield c
+
+
+def _v2_processed(v2) -> int:
+    return v2.get("/status").json()["backends"][0]["stats"]["total_processed"]
+
+
+def test_v2_generation_over_two_replicas_delivers_every_artifact_once(client, v2, receiver):
+    """A v2 round on real engines: two replicas share one nonce counter (node 1 of 2: nonces
+    1, 3, 5, ... with none skipped or repeated), the receiver is down for part of the round, and
+    every artifact still reaches it exactly once, decodable and finite. While v2 generates, a v1
+    round and new inference are refused."""
+    receiver.stop()
+    body = {**V2_ROUND, "node_id": 1, "node_count": 2, "url": receiver.url}
+    answer = v2.post("/init/generate", json=body)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["backends"] == 2 and answer.json()["pow_status"] == {"status": "GENERATING"}
+    refused = client.post("/init/generate", json={**ROUND, "r_target": R10, "node_id": 0, "node_count": 1})
+    assert refused.status_code == 409 and "v2" in refused.text.lower()
+    origin = f"http://{client.base_url.host}:{client.base_url.port}"
+    completion = httpx.post(f"{origin}/v1/completions", json={"model": "poc-tiny-qwen3", "prompt": "Hi", "max_tokens": 4})
+    assert completion.status_code == 503
+    deadline = time.time() + 240
+    while _v2_processed(v2) < 200 and time.time() < deadline:
+        time.sleep(0.5)
+    time.sleep(3)  # several callback intervals with the receiver down
+    receiver.start()
+    while _v2_processed(v2) < 500 and time.time() < deadline:
+        time.sleep(0.5)
+    stopped = v2.post("/stop")  # sends what is pending once, then clears
+    assert stopped.status_code == 200 and stopped.json()["pow_status"] == {"status": "STOPPED"}
+    status = v2.get("/status").json()
+    total = status["backends"][0]["stats"]["total_processed"]
+    assert status["status"] == "IDLE" and total >= 500
+    delivered = [a for b in receiver.bodies("/generated") for a in b.get("artifacts", [])
+                 if b.get("block_hash") == V2_ROUND["block_hash"]]
+    nonces = [a["nonce"] for a in delivered]
+    assert sorted(nonces) == [1 + 2 * i for i in range(total)], "a nonce was skipped, repeated or lost"
+    assert all(len(decode_artifact(a["vector_b64"], 12)) == 12 for a in delivered)
+    bodies = [b for b in receiver.bodies("/generated") if b.get("block_hash") == V2_ROUND["block_hash"]]
+    assert all(b["encoding"] == {"dtype": "f16", "k_dim": 12, "endian": "le"} and b["node_id"] == 1 for b in bodies)
+    found["v2"] = {a["nonce"]: a["vector_b64"] for a in delivered}
+
+
+def test_v2_waited_jobs_and_validation(v2):
+    """Waited requests recompute the round's artifacts identically (other batch, other replica);
+    validation passes them, flags forged ones with the default thresholds, and judges the same
+    forgery with the network's looser thresholds as the binomial test says; a queued job
+    completes and is found by its id, with or without a port prefix."""
+    assert found.get("v2"), "needs the v2 generation round's artifacts"
+    nonces = [1 + 2 * i for i in range(20)]
+    base = {**V2_ROUND, "node_id": 1, "node_count": 2, "nonces": nonces}
+    computed = v2.post("/generate", json={**base, "wait": True}).json()
+    assert computed["status"] == "completed"
+    assert {a["nonce"]: a["vector_b64"] for a in computed["artifacts"]} == {n: found["v2"][n] for n in nonces}
+    honest = [{"nonce": n, "vector_b64": found["v2"][n]} for n in nonces]
+    forged = [{"nonce": a["nonce"], "vector_b64": found["v2"][nonces[-1 - i]]} if i < 5 else a
+              for i, a in enumerate(honest)]
+    verdict = v2.post("/generate", json={**base, "wait": True, "validation": {"artifacts": honest}}).json()
+    assert (verdict["n_total"], verdict["n_mismatch"], verdict["fraud_detected"]) == (20, 0, False)
+    verdict = v2.post("/generate", json={**base, "wait": True, "validation": {"artifacts": forged}}).json()
+    assert verdict["n_mismatch"] == 5 and sorted(verdict["mismatch_nonces"]) == nonces[:5]
+    assert verdict["fraud_detected"] is True
+    network = {"dist_threshold": 0.2, "p_mismatch": 0.1, "fraud_threshold": 0.01}
+    verdict = v2.post("/generate", json={**base, "wait": True, "validation": {"artifacts": forged},
+                                         "stat_test": network}).json()
+    # P(X >= 5) for X ~ Binomial(20, 0.1) is 0.043: not below 0.01
+    assert verdict["n_mismatch"] == 5 and verdict["fraud_detected"] is False
+    assert verdict["p_value"] == pytest.approx(0.0432, abs=1e-3)
+
+    queued = v2.post("/generate", json={**base, "nonces": nonces[:6]}).json()
+    assert queued["status"] == "queued" and queued["queued_count"] == 6
+    deadline = time.time() + 120
+    while (job := v2.get(f"/generate/{queued['request_id']}").json())["status"] != "completed":
+        assert time.time() < deadline and job["status"] in ("queued", "running"), job
+        time.sleep(0.5)
+    assert [a["vector_b64"] for a in job["artifacts"]] == [found["v2"][n] for n in nonces[:6]]
+    assert v2.get(f"/generate/5000:{queued['request_id']}").json()["status"] == "completed"
+    assert v2.get("/generate/no-such-job").status_code == 404
 
 
 def test_validation_after_restart_matches_and_flags_fraud(client, receiver):

@@ -41,6 +41,9 @@ class PoCAppArgs(BaseModel):
         description="Environment variables of the engine replicas (and so of vLLM's workers).")
     batches_in_flight_per_replica: int = Field(
         2, ge=1, description="PoC batches queued per engine replica, so none idles between batches.")
+    max_inference_requests_per_replica: int = Field(
+        256, ge=1, description="Inference requests one engine replica takes at once (vLLM's scheduler batches "
+                               "them); PoC calls are bounded apart by batches_in_flight_per_replica.")
     callback_interval_s: float = Field(5.0, gt=0, description="Seconds between /generated callbacks.")
     log_interval_s: float = Field(5.0, gt=0, description="Seconds between progress log lines.")
     callback_timeout_s: float = Field(10.0, gt=0, description="Timeout of one callback POST.")
