@@ -22,7 +22,7 @@ LAYERS = {
     "multinode": "a two-node Ray cluster on this machine",
 }
 MODULE_LAYERS = {
-    "test_calibration_judgement": "unit", "test_callbacks": "unit", "test_configs": "unit",
+    "test_calibration_judgement": "unit", "test_callbacks": "unit", "test_inference": "unit", "test_configs": "unit",
     "test_deploy": "unit", "test_engine_environment": "unit", "test_engine_memory": "unit",
     "test_forward_swaps": "unit", "test_platform_kernels": "unit", "test_poc_attention": "unit",
     "test_poc_math": "unit", "test_poc_v2_math": "unit", "test_protocol": "unit", "test_quantization": "unit",

@@ -8,15 +8,15 @@ on them (tested).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable, Iterator
 
-from fastapi import HTTPException
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 
-from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest
+from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 # Streams one request's chunks from an engine replica: (request dict) -> async iterator of dicts.
 GenerateFn = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
@@ -52,22 +52,23 @@ class InferenceService:
     async def _run(self, req, prompt: dict, id_prefix: str, kind: str, whole, delta):
         busy = self._busy_reason()
         if busy:
-            return JSONResponse(status_code=503, headers={"Retry-After": str(self._retry_after_s)},
-                                content={"error": {"message": busy, "type": "poc_running", "code": 503}})
+            raise OpenAIError(503, busy, "poc_running", {"Retry-After": str(self._retry_after_s)})
         if req.model != self.model_name:
-            raise HTTPException(404, f"model {req.model!r} is not served here; GET /v1/models lists {self.model_name!r}")
+            raise OpenAIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {self.model_name!r}")
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         chunks = self._generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
-        first = await anext(chunks)  # errors (prompt too long, ...) surface before any byte is sent
+        with _engine_failures():
+            first = await anext(chunks)  # errors (prompt too long, ...) surface before any byte is sent
         if "error" in first:
-            raise HTTPException(400, first["error"])
+            raise OpenAIError(400, first["error"])
         head = {"id": request_id, "created": int(time.time()), "model": self.model_name}
         if req.stream:
             return StreamingResponse(self._stream(first, chunks, head, kind + ".chunk" if kind.startswith("chat")
                                                   else kind, delta), media_type="text/event-stream")
         text, last = first["text"], first
-        async for chunk in chunks:
-            text, last = text + chunk["text"], chunk
+        with _engine_failures():
+            async for chunk in chunks:
+                text, last = text + chunk["text"], chunk
         return {**head, "object": kind, "choices": [{"index": 0, **whole(text), "finish_reason": last["finish_reason"]}],
                 "usage": _usage(last)}
 
@@ -78,14 +79,28 @@ class InferenceService:
             async for chunk in chunks:
                 yield chunk
 
-        async for chunk in all_chunks():
-            if "error" in chunk:
-                yield f"data: {json.dumps({'error': {'message': chunk['error']}})}\n\n"
-                break
-            body = {**head, "object": kind, "choices": [
-                {"index": 0, **delta(chunk["text"]), "finish_reason": chunk["finish_reason"]}]}
-            yield f"data: {json.dumps(body)}\n\n"
+        try:
+            with _engine_failures():
+                async for chunk in all_chunks():
+                    if "error" in chunk:
+                        raise OpenAIError(400, chunk["error"])
+                    body = {**head, "object": kind, "choices": [
+                        {"index": 0, **delta(chunk["text"]), "finish_reason": chunk["finish_reason"]}]}
+                    yield f"data: {json.dumps(body)}\n\n"
+        except OpenAIError as exc:  # the status line is sent: the error goes in the stream
+            yield f"data: {json.dumps(exc.body())}\n\n"
         yield "data: [DONE]\n\n"
+
+
+@contextlib.contextmanager
+def _engine_failures() -> Iterator[None]:
+    """An engine replica that fails mid-request (died, unreachable) becomes a 503 naming it."""
+    try:
+        yield
+    except OpenAIError:
+        raise
+    except Exception as exc:
+        raise OpenAIError(503, f"inference failed on the engine: {type(exc).__name__}") from exc
 
 
 def _usage(chunk: dict[str, Any]) -> dict[str, int]:

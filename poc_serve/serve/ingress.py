@@ -11,6 +11,8 @@ import asyncio
 import re
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -22,7 +24,7 @@ from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.inference import InferenceService
 from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest
+from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from poc_serve.serve.policies import V1_API, V2_API, EnginePolicies
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
@@ -57,6 +59,20 @@ class CallerHabitsMiddleware:
 
 app = FastAPI(title="poc_serve", description="Proof-of-Compute node over a vLLM engine")
 app.add_middleware(CallerHabitsMiddleware)
+
+
+@app.exception_handler(OpenAIError)
+async def _openai_error(request: Request, exc: OpenAIError) -> JSONResponse:
+    return exc.response()
+
+
+@app.exception_handler(RequestValidationError)
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """/v1 answers OpenAI's shape (400, as OpenAI and vLLM do); the PoC APIs keep FastAPI's 422."""
+    if request.url.path.startswith("/v1/"):
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in exc.errors())
+        return OpenAIError(400, problems or "invalid request").response()
+    return await request_validation_exception_handler(request, exc)
 
 
 @app.exception_handler(RoundError)

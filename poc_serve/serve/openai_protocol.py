@@ -2,14 +2,37 @@
 
 Unknown keys are ignored rather than refused: OpenAI clients send many optional fields that do not
 change a greedy or sampled completion here. Values that would change it and are not supported
-(several choices, logprobs) are refused with 422.
+(several choices, logprobs) are refused with 400.
+
+Every error under /v1 has OpenAI's shape, streamed or not: ``{"error": {"message", "type",
+"code"}}`` with the HTTP status as ``code`` (:class:`OpenAIError`).
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+# OpenAI's error types by HTTP status (what its clients map to exception classes).
+ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "service_unavailable"}
+
+
+class OpenAIError(Exception):
+    """An error of the /v1 API, answered in OpenAI's shape with ``status``."""
+
+    def __init__(self, status: int, message: str, type: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers
+        self.type = type or ERROR_TYPES.get(status, "server_error")
+
+    def body(self) -> dict[str, Any]:
+        """``{"error": {"message", "type", "code"}}``."""
+        return {"error": {"message": self.message, "type": self.type, "code": self.status}}
+
+    def response(self) -> JSONResponse:
+        return JSONResponse(status_code=self.status, content=self.body(), headers=self.headers)
 
 
 class _SamplingFields(BaseModel):
