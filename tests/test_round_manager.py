@@ -113,3 +113,25 @@ def test_state_rules():
         assert mgr.state == "STOPPED"
 
     asyncio.run(run())
+
+
+def test_status_pages_or_omits_the_valid_nonces():
+    """The default status lists every valid nonce (the protocol's answer); offset/limit page the
+    lists in step with each other, limit 0 omits them, and the totals stay whole either way."""
+    async def run():
+        mgr = _manager(FlakyEngine(), CallbackSender())
+        await mgr.init_generate(_req(r_target=2.0))  # every nonce valid
+        while mgr.gen.checked < 40:
+            await asyncio.sleep(0.01)
+        await mgr.stop()
+        return mgr
+
+    mgr = asyncio.run(run())
+    whole = mgr.status()
+    assert whole.total_valid == len(whole.valid_nonces) == whole.total_checked >= 40
+    page = mgr.status(offset=10, limit=5)
+    assert page.valid_nonces == whole.valid_nonces[10:15]
+    assert page.valid_distances == whole.valid_distances[10:15]
+    assert page.total_valid == whole.total_valid and page.total_checked == whole.total_checked
+    assert mgr.status(limit=0).valid_nonces == [] and mgr.status(limit=0).total_valid == whole.total_valid
+    assert mgr.status(offset=whole.total_valid).valid_nonces == []

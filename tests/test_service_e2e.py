@@ -226,6 +226,12 @@ def test_two_replicas_check_the_node_sequence_once(client):
     st = _post(client, "/stop")["pow_status"]
     checked = st["total_checked"]
     assert sorted(st["valid_nonces"]) == [1 + 3 * i for i in range(checked)]
+    # Status without the lists, or a page of them (the default answer lists them all).
+    bare = client.get("/status", params={"nonces": "false"}).json()
+    assert bare["valid_nonces"] == [] and bare["total_valid"] == checked
+    page = client.get("/status", params={"offset": 5, "limit": 3}).json()
+    assert page["valid_nonces"] == st["valid_nonces"][5:8] and page["valid_distances"] == st["valid_distances"][5:8]
+    assert client.get("/status", params={"offset": -1}).status_code == 422
 
 
 V2_ROUND = dict(block_hash="v2_block", block_height=11, public_key="v2_key",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -157,8 +157,10 @@ class PoCIngress:
         return self._ok()
 
     @app.get(f"{API_PREFIX}/status", response_model=PoCStatus)
-    async def status(self) -> PoCStatus:
-        return self.manager.status()
+    async def status(self, nonces: bool = Query(True, description="false: omit valid_nonces and valid_distances"),
+                     offset: int = Query(0, ge=0, description="First valid nonce listed (paging)"),
+                     limit: int | None = Query(None, ge=0, description="Most valid nonces listed")) -> PoCStatus:
+        return self.manager.status(offset, limit if nonces else 0)
 
     @app.post(f"{API_PREFIX}/validate", response_model=ValidatedBatch)
     async def validate(self, body: ProofBatch) -> ValidatedBatch:

@@ -125,9 +125,12 @@ class RoundManager:
 
     # ---------------------------------------------------------------- queries
 
-    def status(self) -> PoCStatus:
-        """The node's state and the round's results."""
+    def status(self, offset: int = 0, limit: int | None = None) -> PoCStatus:
+        """The node's state and the round's results: the valid nonces (and their distances) from
+        ``offset`` on, at most ``limit`` of them (None: all; 0: none). A generating round finds
+        hundreds of valid nonces a second, so callers that poll often page or omit the lists."""
         req = self.request
+        end = None if limit is None else offset + limit
         elapsed = self.gen.elapsed()
         rate = self.gen.checked / elapsed if elapsed > 0 else 0.0
         round_fields = {} if req is None else dict(
@@ -136,7 +139,7 @@ class RoundManager:
             seq_len=req.seq_len, randomization=req.randomization)
         return PoCStatus(
             state=self.state, is_model_initialized=self.engine_ready,
-            valid_nonces=list(self.gen.valid_nonces), valid_distances=list(self.gen.valid_distances),
+            valid_nonces=self.gen.valid_nonces[offset:end], valid_distances=self.gen.valid_distances[offset:end],
             total_checked=self.gen.checked, total_valid=len(self.gen.valid_nonces),
             elapsed_seconds=elapsed, rate_per_second=rate, validation=self.val.model_copy(), **round_fields)
 
