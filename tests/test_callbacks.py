@@ -83,7 +83,7 @@ def test_server_errors_are_retried(receiver, caplog):
         assert await sender.flush(5)
         await sender.close(1)
 
-    with caplog.at_level(logging.WARNING, logger="poc_serve.serve.callbacks"):
+    with caplog.at_level(logging.WARNING, logger="ray.serve.poc_serve"):
         asyncio.run(main())
     assert receiver.failures == 3
     assert receiver.bodies("/validated") == [{"batch": 1}]
@@ -175,7 +175,7 @@ def test_max_pending_nonces_drops_the_oldest(receiver, caplog):
         assert await sender.flush(5)
         await sender.close(1)
 
-    with caplog.at_level(logging.ERROR, logger="poc_serve.serve.callbacks"):
+    with caplog.at_level(logging.ERROR, logger="ray.serve.poc_serve"):
         asyncio.run(main())
     # 15 nonces queued behind the one in flight: the 5 oldest (5..9) went, the batch 5..11 kept
     # its newest two, and the validated callback kept its place.
@@ -226,7 +226,7 @@ def test_close_gives_up_on_undeliverable_callbacks(receiver, caplog):
         sender = CallbackSender(receiver.url, **FAST)
         receiver.stop()
         sender.enqueue_generated(generated([1, 2, 3]))
-        with caplog.at_level(logging.ERROR, logger="poc_serve.serve.callbacks"):
+        with caplog.at_level(logging.ERROR, logger="ray.serve.poc_serve"):
             assert not await sender.close(0.2)
         with pytest.raises(RuntimeError):
             sender.enqueue_validated({"batch": 1})

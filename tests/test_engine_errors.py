@@ -103,16 +103,56 @@ def test_no_engine_answers_503_within_seconds(base_url):
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        assert client.get("/status").json()["is_model_initialized"] is False
+        status = client.get("/status").json()
+        assert status["is_model_initialized"] is False
         assert client.post("/init/validate", json=ROUND).status_code == 200
         started = time.monotonic()
         answer = client.post("/validate", json=PROOF)
         took = time.monotonic() - started
         assert answer.status_code == 503, answer.text
         assert "no engine replica is ready" in answer.json()["detail"]
+        assert "starting_engine" in answer.json()["detail"]  # the deployment and its state are named
+        assert "no engine replica is ready" in client.get("/status").json()["engine_error"]
         assert int(answer.headers["retry-after"]) > 0
         assert took < 4, f"503 took {took:.1f}s"
     serve.delete("starting")
+
+
+async def engine_that_fails_to_start(config):
+    raise ValueError("engine config refused: max_model_len 99999 exceeds the model's 1024")
+
+
+def test_failed_engine_deployment_is_named_in_status_and_503s(base_url):
+    """An engine deployment whose replicas fail to start: /status says so (is_model_initialized
+    false and engine_error with Serve's state and the constructor's error), and every call that
+    needs the engine (v1 validation, OpenAI inference) answers 503 within seconds naming it."""
+    serve_api._run(_app(engine_that_fails_to_start, "broken"), name="broken", route_prefix="/broken",
+                   _blocking=False)
+    with httpx.Client(base_url=f"{base_url}/broken", timeout=60) as client:
+        def named() -> dict | None:
+            try:
+                answer = client.get("/api/v1/pow/status")
+            except httpx.TransportError:
+                return None
+            body = answer.json() if answer.status_code == 200 else {}
+            return body if "engine config refused" in (body.get("engine_error") or "") else None
+
+        deadline, status = time.time() + 120, None
+        while status is None and time.time() < deadline:  # Serve retries the start a few times
+            status = named()
+            time.sleep(1)
+        assert status, "the engine's start error never appeared in /status"
+        assert status["is_model_initialized"] is False and "broken_engine" in status["engine_error"]
+        started = time.monotonic()
+        completion = client.post("/v1/completions", json={"model": "stand-in", "prompt": "hi"})
+        assert completion.status_code == 503 and int(completion.headers["retry-after"]) > 0
+        assert completion.json()["error"]["type"] == "service_unavailable"
+        assert "engine config refused" in completion.json()["error"]["message"]
+        assert client.post("/api/v1/pow/init/validate", json=ROUND).status_code == 200
+        answer = client.post("/api/v1/pow/validate", json=PROOF)
+        assert answer.status_code == 503 and "engine config refused" in answer.json()["detail"]
+        assert time.monotonic() - started < 8
+    serve.delete("broken")
 
 
 def test_engine_failure_is_logged_once_with_model_and_shape(caplog):

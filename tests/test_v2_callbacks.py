@@ -44,7 +44,7 @@ def test_ten_attempts_then_dropped_and_counted(caplog):
         assert await sender.flush(5)
         return sender, seen, outcomes
 
-    with caplog.at_level(logging.ERROR, logger="poc_serve.serve.callbacks"):
+    with caplog.at_level(logging.ERROR, logger="ray.serve.poc_serve"):
         sender, seen, outcomes = asyncio.run(main())
     assert [p for p, _ in seen] == ["/v2/poc-batches/a%252Fb/generated"] * 10 + ["/x/validated"] * 10
     assert (sender.dropped_count, sender.dropped_items, sender.sent_count) == (2, 3, 0)

@@ -18,7 +18,8 @@ from typing import Any, Callable
 
 import httpx
 
-logger = logging.getLogger(__name__)
+# A child of Serve's logger, so retry warnings and drops land in the replica log and the dashboard.
+logger = logging.getLogger("ray.serve.poc_serve")
 
 GENERATED = "generated"
 VALIDATED = "validated"

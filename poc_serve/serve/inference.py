@@ -12,7 +12,7 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from fastapi.responses import StreamingResponse
 
@@ -26,11 +26,12 @@ class InferenceService:
     """Turns OpenAI requests into engine calls and engine chunks into OpenAI responses."""
 
     def __init__(self, generate: GenerateFn, model_name: str, busy_reason: Callable[[], str | None],
-                 retry_after_s: int):
+                 retry_after_s: int, engine_unavailable: Callable[[], Awaitable[str | None]] | None = None):
         self._generate = generate
         self.model_name = model_name
         self._busy_reason = busy_reason
         self._retry_after_s = retry_after_s
+        self._engine_unavailable = engine_unavailable
 
     def models(self) -> dict[str, Any]:
         """GET /v1/models."""
@@ -55,6 +56,9 @@ class InferenceService:
             raise OpenAIError(503, busy, "poc_running", {"Retry-After": str(self._retry_after_s)})
         if req.model != self.model_name:
             raise OpenAIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {self.model_name!r}")
+        unavailable = self._engine_unavailable and await self._engine_unavailable()
+        if unavailable:  # answered within seconds instead of waiting for a replica that may never come
+            raise OpenAIError(503, unavailable, headers={"Retry-After": str(self._retry_after_s)})
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         chunks = self._generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
         with _engine_failures():

@@ -81,6 +81,20 @@ async def _round_error(request: Request, exc: RoundError) -> JSONResponse:
     return JSONResponse(status_code=exc.status_code, content={"detail": exc.detail}, headers=headers)
 
 
+def _engine_deployment_state(app: str, name: str) -> str:
+    """The engine deployment's status in Serve with the last line of its message, e.g.
+    "PoCEngineDeployment DEPLOY_FAILED: ValueError: bad config" (a blocking call to the Serve
+    controller: run it in a thread). Defined above the deployment class, which Serve serialises
+    as the decorator runs, with only the module names that exist by then."""
+    try:
+        deployment = serve.status().applications[app].deployments[name]
+    except Exception as exc:  # noqa: BLE001 - only a description: never fail the caller on it
+        return f"{name}: state unknown ({type(exc).__name__})"
+    message = (deployment.message or "").strip().splitlines()
+    status = getattr(deployment.status, "value", deployment.status)
+    return f"{name} {status}" + (f": {message[-1][:300]}" if message else "")
+
+
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class PoCIngress:
@@ -115,7 +129,7 @@ class PoCIngress:
         self.inference = InferenceService(
             generate=lambda request: self._engine.options(stream=True).generate.remote(request),
             model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
-            retry_after_s=args.inference_retry_after_s)
+            retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable)
 
     @staticmethod
     def _sender(args: PoCAppArgs, **policy) -> CallbackSender:
@@ -226,25 +240,33 @@ class PoCIngress:
     async def _probe_engine(self) -> None:
         await self._engine.check_health.remote()
         self.manager.engine_ready = True
+        self.manager.engine_error = None
+
+    async def _engine_unavailable(self, timeout: float = _ENGINE_READY_TIMEOUT_S) -> str | None:
+        """None when an engine replica answers within ``timeout``; else why not (also kept for
+        /status): the probe's failure and the engine deployment's state in Serve."""
+        if self.manager.engine_ready:
+            return None
+        try:
+            await asyncio.wait_for(self._probe_engine(), timeout=timeout)
+            return None
+        except asyncio.TimeoutError:
+            reason = "no engine replica is ready yet"
+        except Exception as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            reason = f"no engine replica is ready: {type(exc).__name__}: {first}"
+        deployment = await asyncio.to_thread(_engine_deployment_state, self._engine.app_name,
+                                             self._engine.deployment_name)
+        self.manager.engine_error = f"{reason} ({deployment})"
+        return self.manager.engine_error
 
     async def _require_engine(self) -> None:
         """503 within seconds, rather than a call that waits for a replica that may never come."""
-        if self.manager.engine_ready:
-            return
-        try:
-            await asyncio.wait_for(self._probe_engine(), timeout=_ENGINE_READY_TIMEOUT_S)
-        except asyncio.TimeoutError:
-            raise RoundError(503, "no engine replica is ready yet (starting, or failed to start: see the "
-                                  "PoCEngineDeployment replica logs)") from None
-        except Exception as exc:
-            raise RoundError(503, f"no engine replica is ready: {type(exc).__name__}: "
-                                  f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}") from exc
+        reason = await self._engine_unavailable()
+        if reason:
+            raise RoundError(503, reason)
 
     async def check_health(self) -> None:
-        """The ingress itself is healthy; its periodic check also finds out when an engine is ready
-        (bounded, so a slow engine start never marks the ingress unhealthy)."""
-        if not self.manager.engine_ready:
-            try:
-                await asyncio.wait_for(self._probe_engine(), timeout=_ENGINE_PROBE_TIMEOUT_S)
-            except Exception:  # not ready yet: is_model_initialized stays false
-                pass
+        """The ingress itself is healthy; its periodic check also finds out when an engine is ready,
+        or why not (bounded, so a slow engine start never marks the ingress unhealthy)."""
+        await self._engine_unavailable(_ENGINE_PROBE_TIMEOUT_S)

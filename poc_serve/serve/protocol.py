@@ -171,6 +171,8 @@ class PoCStatus(BaseModel):
 
     state: State = Field(description="State of the node.")
     is_model_initialized: bool = Field(description="Whether the engine is ready.")
+    engine_error: str | None = Field(
+        None, description="Why no engine replica is ready (its deployment's state and message); null when one is.")
     valid_nonces: list[int] = Field(default_factory=list, description="Valid nonces found.")
     valid_distances: list[float] = Field(
         default_factory=list, description="Distances of valid_nonces, same order."

@@ -63,6 +63,7 @@ class RoundManager:
         self.gen = GenerationStats()
         self.val = ValidationStats()
         self.engine_ready = False
+        self.engine_error: str | None = None  # why not ready, as the ingress last found out
         self._nonces: NonceSequence | None = None
         self._unsent_nonces: list[int] = []
         self._unsent_distances: list[float] = []
@@ -139,6 +140,7 @@ class RoundManager:
             seq_len=req.seq_len, randomization=req.randomization)
         return PoCStatus(
             state=self.state, is_model_initialized=self.engine_ready,
+            engine_error=None if self.engine_ready else self.engine_error,
             valid_nonces=self.gen.valid_nonces[offset:end], valid_distances=self.gen.valid_distances[offset:end],
             total_checked=self.gen.checked, total_valid=len(self.gen.valid_nonces),
             elapsed_seconds=elapsed, rate_per_second=rate, validation=self.val.model_copy(), **round_fields)
