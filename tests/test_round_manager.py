@@ -135,3 +135,34 @@ def test_status_pages_or_omits_the_valid_nonces():
     assert page.total_valid == whole.total_valid and page.total_checked == whole.total_checked
     assert mgr.status(limit=0).valid_nonces == [] and mgr.status(limit=0).total_valid == whole.total_valid
     assert mgr.status(offset=whole.total_valid).valid_nonces == []
+
+
+def test_a_batch_failing_as_the_round_stops_is_computed_before_the_driver_ends():
+    """The shared generation driver (v1 and v2): a batch whose call fails just as stop is set is
+    still computed (one more attempt), so the computed nonces have no hole; a batch that fails
+    again after stop goes back to the nonce sequence for a resume instead of looping."""
+    from poc_serve.poc.nonces import NonceSequence
+    from poc_serve.serve.generation import drive_batches
+
+    async def run(fail_again: bool):
+        stop, computed, calls = asyncio.Event(), [], [0]
+
+        async def compute(batch):
+            calls[0] += 1
+            call = calls[0]
+            await asyncio.sleep(0.001)
+            if call == 3 or (fail_again and stop.is_set()):
+                stop.set()  # the round stops as this batch fails
+                raise RuntimeError("replica died")
+            return batch
+
+        seq = NonceSequence(0, 1)
+        await drive_batches(compute, seq, 4, 2, lambda batch, result: computed.extend(result), stop,
+                            retry_delay_s=0)
+        return computed, seq
+
+    computed, _ = asyncio.run(run(fail_again=False))
+    assert sorted(computed) == list(range(len(computed))) and len(computed) >= 12
+    computed, seq = asyncio.run(run(fail_again=True))
+    assert computed == list(range(8))  # calls 3 and 4 failed, and again after stop
+    assert sorted(seq.take(4) + seq.take(4)) == list(range(8, 16))  # given back, first in line for a resume

@@ -74,23 +74,38 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
     """Compute every batch of ``source`` (until ``stop`` is set, for an endless one) with at most
     ``in_flight_limit`` calls of ``compute`` at once, passing each result to ``record``.
 
-    After ``stop`` the calls in flight finish and are recorded. A call that raises or takes longer
-    than ``call_timeout_s`` is retried with the same nonces; after ``max_attempts`` failures of one
-    batch (None: never) :class:`BatchFailed` is raised. Cancelling the driver gives the batches in
-    flight back to ``source``, so a later run resumes without a gap.
+    After ``stop`` the calls in flight finish and are recorded, and a batch that failed gets one
+    more attempt, so the computed nonces stay dense up to the last one. A call that raises or
+    takes longer than ``call_timeout_s`` is retried with the same nonces; after ``max_attempts``
+    failures of one batch (None: never) :class:`BatchFailed` is raised. Batches left uncomputed
+    (cancellation, give-up, a failure after stop) go back to ``source``, so a later run resumes
+    without a gap.
     """
     stop = stop or asyncio.Event()
     in_flight: dict[asyncio.Task, list[int]] = {}
     failures: dict[tuple[int, ...], int] = {}
+    retry: list[list[int]] = []  # failed batches, handed out again before any new one
+    retried_after_stop: set[tuple[int, ...]] = set()
     stop_wait = asyncio.create_task(stop.wait())
 
     async def call(batch: list[int]) -> Any:
         return await asyncio.wait_for(compute(batch), call_timeout_s)
 
+    def next_batch() -> list[int]:
+        if not stop.is_set():
+            return retry.pop(0) if retry else source.take(batch_size)
+        while retry:  # after stop: each failed batch once more, no new nonces
+            batch = retry.pop(0)
+            if tuple(batch) not in retried_after_stop:
+                retried_after_stop.add(tuple(batch))
+                return batch
+            source.put_back(batch)
+        return []
+
     try:
         while True:
-            while not stop.is_set() and len(in_flight) < in_flight_limit:
-                batch = source.take(batch_size)
+            while len(in_flight) < in_flight_limit:
+                batch = next_batch()
                 if not batch:
                     break
                 in_flight[asyncio.create_task(call(batch))] = batch
@@ -106,7 +121,7 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
                 try:
                     record(batch, task.result())
                 except Exception as exc:  # a replica died or timed out: hand the batch out again
-                    source.put_back(batch)
+                    retry.append(batch)
                     failed = True
                     key = tuple(batch)
                     failures[key] = failures.get(key, 0) + 1
@@ -125,4 +140,6 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
         stop_wait.cancel()
         for task, batch in in_flight.items():  # on cancellation or give-up: keep them for a resume
             task.cancel()
+            source.put_back(batch)
+        for batch in retry:
             source.put_back(batch)
