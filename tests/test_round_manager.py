@@ -21,18 +21,21 @@ HIDDEN = 32
 
 class FlakyEngine:
     """Distances from the spec's post-processing of a per-nonce hidden state; every
-    ``fail_every``-th call raises like a replica that died mid-batch."""
+    ``fail_every``-th call raises like a replica that died mid-batch, unless its batch failed
+    before (the restarted replica computes it)."""
 
     def __init__(self, fail_every: int = 0):
         self.fail_every = fail_every
         self.calls = 0
         self.computed: list[int] = []
+        self.failed: set[tuple[int, ...]] = set()
 
     async def compute(self, round: PoCRound, nonces: list[int]) -> list[float]:
         self.calls += 1
         call = self.calls
         await asyncio.sleep(0.01)
-        if self.fail_every and call % self.fail_every == 0:
+        if self.fail_every and call % self.fail_every == 0 and tuple(nonces) not in self.failed:
+            self.failed.add(tuple(nonces))
             raise RuntimeError("replica died")
         self.computed += nonces
         hidden = torch.stack([torch.randn(HIDDEN, generator=torch.Generator().manual_seed(n)) for n in nonces])
