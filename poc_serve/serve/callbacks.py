@@ -65,7 +65,9 @@ class CallbackSender:
 
     ``max_attempts`` (None: until delivered) and ``retry_client_errors`` (False: a 4xx other than
     408/429 is final) set when a callback is given up; ``on_outcome(kind, "sent" | "dropped",
-    items)`` observes every delivered or dropped callback (for metrics).
+    items)`` observes every delivered or dropped callback, ``on_attempt_failed(kind)`` every
+    failed POST and ``on_backlog(callbacks, items)`` what is not delivered yet after each change
+    (for metrics).
     """
 
     def __init__(
@@ -79,6 +81,8 @@ class CallbackSender:
         max_attempts: int | None = None,
         retry_client_errors: bool = True,
         on_outcome: Callable[[str, str, int], None] | None = None,
+        on_attempt_failed: Callable[[str], None] | None = None,
+        on_backlog: Callable[[int, int], None] | None = None,
     ) -> None:
         """`base_url` is the default for enqueues that name none; times are in seconds."""
         self._base_url = base_url
@@ -89,6 +93,8 @@ class CallbackSender:
         self._max_attempts = max_attempts
         self._retry_client_errors = retry_client_errors
         self._on_outcome = on_outcome
+        self._on_attempt_failed = on_attempt_failed
+        self._on_backlog = on_backlog
         self._dropped = 0
         self._dropped_items = 0
         # Set while clear() gives every pending callback its last attempt.
@@ -192,6 +198,7 @@ class CallbackSender:
                 self._queue.clear()
                 self._current, self._queued_nonces = None, 0
                 self._idle.set()
+                self._report_backlog()
             self._last_attempt.clear()
         return self._dropped - dropped_before
 
@@ -237,6 +244,12 @@ class CallbackSender:
     def _notify(self) -> None:
         self._idle.clear()
         self._wakeup.set()
+        self._report_backlog()
+
+    def _report_backlog(self) -> None:
+        if self._on_backlog:
+            items = self._queued_nonces + (self._current.size() if self._current else 0)
+            self._on_backlog(self.pending, items)
 
     def _drop_oldest_over_cap(self) -> None:
         excess = self._queued_nonces - self._max_pending_nonces
@@ -269,6 +282,7 @@ class CallbackSender:
             self._queued_nonces -= self._current.size()
             await self._deliver(self._current)
             self._current = None
+            self._report_backlog()
 
     async def _deliver(self, item: _Item) -> None:
         try:
@@ -293,6 +307,8 @@ class CallbackSender:
                          and response.status_code not in _RETRIED_CLIENT_ERRORS)
             except httpx.HTTPError as exc:
                 error, final = f"{type(exc).__name__}: {exc}", False
+            if self._on_attempt_failed:
+                self._on_attempt_failed(item.kind)
             if final or self._last_attempt.is_set() or attempt == self._max_attempts:
                 self._drop(item, f"attempt {attempt} failed: {error}")
                 return

@@ -16,6 +16,7 @@ from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
 from fastapi.responses import StreamingResponse
 
+from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 # Streams one request's chunks from an engine replica: (request dict) -> async iterator of dicts.
@@ -26,12 +27,14 @@ class InferenceService:
     """Turns OpenAI requests into engine calls and engine chunks into OpenAI responses."""
 
     def __init__(self, generate: GenerateFn, model_name: str, busy_reason: Callable[[], str | None],
-                 retry_after_s: int, engine_unavailable: Callable[[], Awaitable[str | None]] | None = None):
+                 retry_after_s: int, engine_unavailable: Callable[[], Awaitable[str | None]] | None = None,
+                 metrics: PoCMetrics | None = None):
         self._generate = generate
         self.model_name = model_name
         self._busy_reason = busy_reason
         self._retry_after_s = retry_after_s
         self._engine_unavailable = engine_unavailable
+        self._metrics = metrics
 
     def models(self) -> dict[str, Any]:
         """GET /v1/models."""
@@ -53,11 +56,13 @@ class InferenceService:
     async def _run(self, req, prompt: dict, id_prefix: str, kind: str, whole, delta):
         busy = self._busy_reason()
         if busy:
+            self._count_rejected("poc_running")
             raise OpenAIError(503, busy, "poc_running", {"Retry-After": str(self._retry_after_s)})
         if req.model != self.model_name:
             raise OpenAIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {self.model_name!r}")
         unavailable = self._engine_unavailable and await self._engine_unavailable()
         if unavailable:  # answered within seconds instead of waiting for a replica that may never come
+            self._count_rejected("engine_unavailable")
             raise OpenAIError(503, unavailable, headers={"Retry-After": str(self._retry_after_s)})
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
         chunks = self._generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
@@ -75,6 +80,10 @@ class InferenceService:
                 text, last = text + chunk["text"], chunk
         return {**head, "object": kind, "choices": [{"index": 0, **whole(text), "finish_reason": last["finish_reason"]}],
                 "usage": _usage(last)}
+
+    def _count_rejected(self, reason: str) -> None:
+        if self._metrics:
+            self._metrics.record_inference_rejected(reason)
 
     @staticmethod
     async def _stream(first, chunks, head, kind, delta) -> AsyncIterator[str]:

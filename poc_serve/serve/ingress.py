@@ -105,7 +105,7 @@ class PoCIngress:
     def __init__(self, engine: DeploymentHandle, args: PoCAppArgs):
         self._engine = engine
         engine_config = args.engine
-        metrics = PoCMetrics()
+        self._metrics = metrics = PoCMetrics()
         in_flight = args.num_engine_replicas * args.batches_in_flight_per_replica
         self.policies = EnginePolicies(v1_state=lambda: self.manager.state,
                                        v2_generating=lambda: self.artifacts.generation.running,
@@ -113,15 +113,16 @@ class PoCIngress:
         self.manager = RoundManager(
             compute=self._compute, batch_size=engine_config.poc_batch_size,
             max_seq_len=engine_config.max_model_len, batches_in_flight=in_flight,
-            callbacks=self._sender(args, on_outcome=metrics.record_callback), metrics=metrics,
+            callbacks=self._sender(args, metrics, "v1"), metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
             generation_conflict=self.policies.v1_generation_conflict)
         # v2's senders follow spec 4.2: 10 attempts, a 4xx other than 408/429 is final.
-        v2_sender = dict(max_attempts=10, retry_client_errors=False, on_outcome=metrics.record_callback)
+        v2_sender = dict(max_attempts=10, retry_client_errors=False)
         self.artifacts = ArtifactService(
             compute=self._compute_artifacts, model_info=self._engine_model_info,
             batch_size=engine_config.poc_batch_size, replicas=args.num_engine_replicas, batches_in_flight=in_flight,
-            stream=self._sender(args, **v2_sender), jobs=self._sender(args, **v2_sender),
+            stream=self._sender(args, metrics, "v2_generation", **v2_sender),
+            jobs=self._sender(args, metrics, "v2_jobs", **v2_sender),
             generation_conflict=self.policies.v2_generation_conflict, jobs_may_run=self.policies.jobs_may_run,
             served_model_name=args.served_model_name, metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
@@ -129,13 +130,16 @@ class PoCIngress:
         self.inference = InferenceService(
             generate=lambda request: self._engine.options(stream=True).generate.remote(request),
             model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
-            retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable)
+            retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable,
+            metrics=metrics)
 
     @staticmethod
-    def _sender(args: PoCAppArgs, **policy) -> CallbackSender:
+    def _sender(args: PoCAppArgs, metrics: PoCMetrics, name: str, **policy) -> CallbackSender:
+        """A callback sender whose metrics carry the label sender=``name``."""
         return CallbackSender(timeout=args.callback_timeout_s, backoff_base=args.callback_backoff_s,
                               backoff_cap=args.callback_backoff_cap_s,
-                              max_pending_nonces=args.max_pending_callback_nonces, **policy)
+                              max_pending_nonces=args.max_pending_callback_nonces,
+                              **metrics.callback_hooks(name), **policy)
 
     def _ok(self) -> ControlResponse:
         return ControlResponse(pow_status=self.manager.status())
@@ -225,8 +229,10 @@ class PoCIngress:
         try:
             answer = await getattr(self._engine, method).remote(round.model_dump(), nonces)
         except PoCComputeError as exc:  # Ray's wrapper of the engine's error keeps its reason
+            self._metrics.record_engine_call_failed(method)
             raise RoundError(502, exc.reason) from exc
         except Exception as exc:  # the replica died, or Ray could not reach it
+            self._metrics.record_engine_call_failed(method)
             raise RoundError(502, f"PoC forward failed on the engine: {type(exc).__name__}") from exc
         self.manager.engine_ready = True
         return answer
