@@ -28,7 +28,7 @@ MODULE_LAYERS = {
     "test_poc_math": "unit", "test_poc_v2_math": "unit", "test_protocol": "unit", "test_quantization": "unit",
     "test_round_manager": "unit", "test_v2_callbacks": "unit", "test_v2_protocol": "unit",
     "test_v2_service": "unit",
-    "test_engine_errors": "serve", "test_v2_http": "serve",
+    "test_engine_errors": "serve", "test_serve_fast": "serve", "test_v2_http": "serve",
     "test_engine_cpu": "engine", "test_engine_moe_cpu": "engine",
     "test_service_e2e": "e2e", "test_serve_run_moe": "e2e",
     "test_multinode": "multinode",
