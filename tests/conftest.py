@@ -26,12 +26,13 @@ MODULE_LAYERS = {
     "test_deploy": "unit", "test_engine_environment": "unit", "test_engine_memory": "unit",
     "test_forward_swaps": "unit", "test_platform_kernels": "unit", "test_poc_attention": "unit",
     "test_poc_math": "unit", "test_poc_v2_math": "unit", "test_protocol": "unit", "test_quantization": "unit",
-    "test_round_manager": "unit", "test_v2_callbacks": "unit", "test_v2_protocol": "unit",
+    "test_round_manager": "unit", "test_round_resume": "unit", "test_receiver_faults": "unit", "test_v2_callbacks": "unit", "test_v2_protocol": "unit",
     "test_v2_service": "unit",
-    "test_engine_errors": "serve", "test_serve_fast": "serve", "test_v2_http": "serve",
+    "test_engine_errors": "serve", "test_fuzz": "serve", "test_serve_fast": "serve", "test_v2_http": "serve",
     "test_engine_cpu": "engine", "test_engine_moe_cpu": "engine",
     "test_service_e2e": "e2e", "test_serve_run_moe": "e2e",
     "test_multinode": "multinode",
+    "test_prometheus": "serve",
 }
 
 

@@ -22,6 +22,8 @@ class CallbackReceiver:
         self._lock = threading.Lock()
         self._requests: list[tuple[str, Any]] = []
         self._fail_next = 0
+        self._fault = "500"
+        self._slow_s = 0.0
         self._failures = 0
         self._runner: web.AppRunner | None = None
         # Binding port 0 once fixes the port that every later start() reuses.
@@ -56,14 +58,16 @@ class CallbackReceiver:
         if self._socket is not None:  # never started
             self._socket.close()
 
-    def fail_next(self, n: int) -> None:
-        """Answer HTTP 500 (and record nothing) for the next `n` requests."""
+    def fail_next(self, n: int, fault: str = "500", slow_s: float = 0.0) -> None:
+        """Fail the next `n` requests (recording nothing) with `fault`: an HTTP status ("500",
+        "404", ...), "reset" (the connection closed without an answer) or "slow" (`slow_s` s,
+        then 504)."""
         with self._lock:
-            self._fail_next = n
+            self._fail_next, self._fault, self._slow_s = n, fault, slow_s
 
     @property
     def failures(self) -> int:
-        """Requests answered 500 because of `fail_next`."""
+        """Requests failed because of `fail_next`."""
         with self._lock:
             return self._failures
 
@@ -119,9 +123,17 @@ class CallbackReceiver:
         # Parsed whatever the Content-Type says: the network's Go client may omit it.
         body = json.loads(await request.read())
         with self._lock:
-            if self._fail_next > 0:
+            fault = self._fault if self._fail_next > 0 else None
+            if fault:
                 self._fail_next -= 1
                 self._failures += 1
-                return web.Response(status=500, text="injected failure")
-            self._requests.append((request.path, body))
+            else:
+                self._requests.append((request.path, body))
+        if fault == "reset":
+            request.transport.abort()
+        elif fault == "slow":
+            await asyncio.sleep(self._slow_s)
+            return web.Response(status=504, text="injected slowness")
+        elif fault:
+            return web.Response(status=int(fault), text="injected failure")
         return web.json_response({"status": "OK"})

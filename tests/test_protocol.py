@@ -201,7 +201,7 @@ def test_status_carries_state_under_both_names_and_keeps_validation_apart():
 
 
 @pytest.mark.parametrize("module,count", [
-    ("poc_serve.serve.protocol", 6), ("poc_serve.serve.openai_protocol", 4), ("poc_serve.serve.config", 1),
+    ("poc_serve.serve.protocol", 7), ("poc_serve.serve.openai_protocol", 4), ("poc_serve.serve.config", 1),
     ("poc_serve.engine.config", 1), ("poc_serve.engine.protocol", 4), ("poc_serve.serve.artifact_protocol", 20)])
 def test_every_field_is_described(module, count):
     import importlib

@@ -9,16 +9,24 @@ class _Batches:
 
     def __init__(self) -> None:
         self._returned: list[list[int]] = []
+        # Batches handed out and not yet marked computed (in flight, failed, returned), by first
+        # nonce: what a checkpoint must hand out again after a crash.
+        self._open: dict[int, list[int]] = {}
 
     def take(self, count: int) -> list[int]:
         """The next ``count`` nonces (a returned batch first, whatever its size); [] when none is left."""
-        if self._returned:
-            return self._returned.pop(0)
-        return self._new(count)
+        batch = self._returned.pop(0) if self._returned else self._new(count)
+        if batch:
+            self._open[batch[0]] = batch
+        return batch
 
     def put_back(self, nonces: list[int]) -> None:
         """Return a batch that was handed out but not computed."""
         self._returned.append(nonces)
+
+    def computed(self, nonces: list[int]) -> None:
+        """Mark a handed-out batch as computed: a checkpoint no longer lists it as open."""
+        self._open.pop(nonces[0], None)
 
     def _new(self, count: int) -> list[int]:
         raise NotImplementedError
@@ -46,6 +54,18 @@ class NonceSequence(_Batches):
         start = self.next_index
         self.next_index += count
         return [self.first + x * self.stride for x in range(start, start + count)]
+
+    def position(self) -> dict:
+        """Where the sequence stands, as JSON: the next new index and the open batches (each a
+        run of the sequence, kept as its first nonce and length). A sequence restored from it
+        hands the open batches out first, then goes on from ``next_index``: nothing skipped."""
+        return {"next_index": self.next_index, "open": [[b[0], len(b)] for b in sorted(self._open.values())]}
+
+    def restore(self, position: dict) -> None:
+        """Continue from a :meth:`position` of the same sequence (another process's, say)."""
+        self.next_index = position["next_index"]
+        self._returned = [[first + i * self.stride for i in range(length)] for first, length in position["open"]]
+        self._open = {}
 
 
 class NonceList(_Batches):

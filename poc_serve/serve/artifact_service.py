@@ -141,6 +141,13 @@ class ArtifactService:
             await asyncio.gather(self._stream.clear(FLUSH_TIMEOUT_S), self._job_sender.clear(FLUSH_TIMEOUT_S))
         return StopAnswer(results=self._results("stopped"), pow_status=PowStatus(status="STOPPED"))
 
+    async def shutdown(self, timeout: float) -> None:
+        """The ingress is going away: the loop stops (its last artifacts are queued) and the
+        pending callbacks get ``timeout`` s to reach their receivers."""
+        async with self._lock:
+            await self.generation.stop()
+            await asyncio.gather(self._stream.close(timeout), self._job_sender.close(timeout))
+
     # ---------------------------------------------------------------- internals
 
     def _results(self, status: str) -> list[BackendResult]:

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import httpx
@@ -39,6 +39,8 @@ class _Item:
     body: dict[str, Any]
     # The body's lists that merge and count against the cap; () for a callback sent as it is.
     lists: tuple[str, ...] = ()
+    # Called once the item is settled (delivered or given up); merged items keep every hook.
+    on_settled: list[Callable[[], None]] = field(default_factory=list)
 
     def merge_key(self) -> tuple[str, dict[str, Any]] | None:
         """What must be equal for two /generated batches to become one (all but the lists)."""
@@ -96,6 +98,8 @@ class CallbackSender:
         self._on_attempt_failed = on_attempt_failed
         self._on_backlog = on_backlog
         self._dropped = 0
+        self._failed_attempts = 0
+        self._last_error: str | None = None  # of the last failed POST, cleared by a delivery
         self._dropped_items = 0
         # Set while clear() gives every pending callback its last attempt.
         self._last_attempt = asyncio.Event()
@@ -130,6 +134,13 @@ class CallbackSender:
         """Nonces or artifacts of /generated callbacks that were dropped (by the cap too)."""
         return self._dropped_items
 
+    def stats(self) -> dict[str, Any]:
+        """The sender's state for /status: backlog, deliveries, failures and drops so far."""
+        return dict(pending_callbacks=self.pending,
+                    pending_items=self._queued_nonces + (self._current.size() if self._current else 0),
+                    delivered_callbacks=self._sent, failed_attempts=self._failed_attempts,
+                    dropped_callbacks=self._dropped, dropped_items=self._dropped_items, last_error=self._last_error)
+
     def start(self) -> None:
         """Start the background task on the running loop, if it is not running already."""
         if self._closed:
@@ -138,17 +149,21 @@ class CallbackSender:
             self._client = self._client or httpx.AsyncClient(timeout=self._timeout)
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def enqueue_generated(self, batch: dict[str, Any], base_url: str | None = None) -> None:
-        """Queue a ProofBatch dict of valid nonces (with r_target) for `{base_url}/generated`."""
-        self._enqueue_merged(batch, base_url, _V1_LISTS)
+    def enqueue_generated(self, batch: dict[str, Any], base_url: str | None = None,
+                          on_settled: Callable[[], None] | None = None) -> None:
+        """Queue a ProofBatch dict of valid nonces (with r_target) for `{base_url}/generated`;
+        ``on_settled()`` runs once they are delivered or given up (not when the sender closes
+        with them undelivered: a resumed round sends them again)."""
+        self._enqueue_merged(batch, base_url, _V1_LISTS, on_settled)
 
     def enqueue_artifacts(self, body: dict[str, Any], base_url: str | None = None) -> None:
         """Queue a v2 generation loop's /generated body (its ``artifacts`` merge like v1's nonces)."""
         self._enqueue_merged(body, base_url, _V2_LISTS)
 
-    def _enqueue_merged(self, body: dict[str, Any], base_url: str | None, lists: tuple[str, ...]) -> None:
+    def _enqueue_merged(self, body: dict[str, Any], base_url: str | None, lists: tuple[str, ...],
+                        on_settled: Callable[[], None] | None = None) -> None:
         self.start()
-        item = _Item(self._url(base_url, GENERATED), GENERATED, dict(body), lists)
+        item = _Item(self._url(base_url, GENERATED), GENERATED, dict(body), lists, [on_settled] if on_settled else [])
         for key in lists:
             item.body[key] = list(body[key])
         if not item.size():
@@ -157,6 +172,7 @@ class CallbackSender:
         if last is not None and last.merge_key() == item.merge_key():
             for key in lists:
                 last.body[key].extend(item.body[key])
+            last.on_settled.extend(item.on_settled)
         else:
             self._queue.append(item)
         self._queued_nonces += item.size()
@@ -234,6 +250,12 @@ class CallbackSender:
         logger.error("dropping callback to %s (%d items): %s", item.url, item.size(), why)
         if self._on_outcome:
             self._on_outcome(item.kind, "dropped", item.size())
+        self._settle(item)
+
+    @staticmethod
+    def _settle(item: _Item) -> None:
+        for hook in item.on_settled:
+            hook()
 
     def _url(self, base_url: str | None, kind: str) -> str:
         base = base_url or self._base_url
@@ -270,6 +292,7 @@ class CallbackSender:
             excess -= cut
             if not item.size():
                 self._queue.remove(item)
+                self._settle(item)
 
     async def _run(self) -> None:
         while True:
@@ -299,14 +322,18 @@ class CallbackSender:
                 response = await self._client.post(item.url, content=content, headers=headers)
                 if response.is_success:
                     self._sent += 1
+                    self._last_error = None
                     if self._on_outcome:
                         self._on_outcome(item.kind, "sent", item.size())
+                    self._settle(item)
                     return
                 error = f"HTTP {response.status_code}"
                 final = (not self._retry_client_errors and 400 <= response.status_code < 500
                          and response.status_code not in _RETRIED_CLIENT_ERRORS)
             except httpx.HTTPError as exc:
                 error, final = f"{type(exc).__name__}: {exc}", False
+            self._failed_attempts += 1
+            self._last_error = f"{item.url}: {error}"
             if self._on_attempt_failed:
                 self._on_attempt_failed(item.kind)
             if final or self._last_attempt.is_set() or attempt == self._max_attempts:

@@ -28,12 +28,16 @@ from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionReq
 from poc_serve.serve.policies import V1_API, V2_API, EnginePolicies
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
+from poc_serve.serve.round_store import RayKVStore, RoundJournal
 
 API_PREFIX = V1_API
 _ENGINE_PROBE_TIMEOUT_S = 5.0
 # A call that needs the engine waits at most this long to learn whether one is ready.
 _ENGINE_READY_TIMEOUT_S = 2.0
 _ENGINE_RETRY_AFTER_S = 10
+# On a graceful shutdown, found nonces and artifacts get this long to reach their receivers
+# (Serve's graceful_shutdown_timeout_s, 20 s by default, bounds the whole shutdown).
+_SHUTDOWN_FLUSH_S = 10.0
 # A version segment that a proxy in front of the node normally strips, e.g. /v3.0.8/api/v1/pow/status.
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)*(?=/api/)")
 
@@ -107,6 +111,9 @@ class PoCIngress:
         engine_config = args.engine
         self._metrics = metrics = PoCMetrics()
         in_flight = args.num_engine_replicas * args.batches_in_flight_per_replica
+        # The v1 round is checkpointed in the GCS under the app's name: the replica Serve starts
+        # after this one dies resumes it (docs/reliability.md).
+        journal = RoundJournal(RayKVStore(), f"{serve.get_replica_context().app_name}/v1-round")
         self.policies = EnginePolicies(v1_state=lambda: self.manager.state,
                                        v2_generating=lambda: self.artifacts.generation.running,
                                        allow_inference_during_validation=args.allow_inference_during_validation)
@@ -115,7 +122,7 @@ class PoCIngress:
             max_seq_len=engine_config.max_model_len, batches_in_flight=in_flight,
             callbacks=self._sender(args, metrics, "v1"), metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
-            generation_conflict=self.policies.v1_generation_conflict)
+            generation_conflict=self.policies.v1_generation_conflict, journal=journal)
         # v2's senders follow spec 4.2: 10 attempts, a 4xx other than 408/429 is final.
         v2_sender = dict(max_attempts=10, retry_client_errors=False)
         self.artifacts = ArtifactService(
@@ -132,6 +139,13 @@ class PoCIngress:
             model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
             retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable,
             metrics=metrics)
+        checkpoint = journal.load()
+        if checkpoint:
+            self.manager.resume(checkpoint)
+
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown of the replica: what was found goes out before it exits."""
+        await asyncio.gather(self.manager.shutdown(_SHUTDOWN_FLUSH_S), self.artifacts.shutdown(_SHUTDOWN_FLUSH_S))
 
     @staticmethod
     def _sender(args: PoCAppArgs, metrics: PoCMetrics, name: str, **policy) -> CallbackSender:

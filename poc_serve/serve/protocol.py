@@ -166,6 +166,18 @@ class ValidationStats(BaseModel):
     fraud_detected: int = Field(0, ge=0, description="Batches judged fraudulent.")
 
 
+class CallbackStats(BaseModel):
+    """The round's callback sender: what waits for the receiver, what failed, what was given up."""
+
+    pending_callbacks: int = Field(0, description="Callbacks not yet delivered (the one being sent included).")
+    pending_items: int = Field(0, description="Valid nonces in the pending /generated callbacks.")
+    delivered_callbacks: int = Field(0, description="Callbacks the receiver answered 2xx.")
+    failed_attempts: int = Field(0, description="POSTs that failed (each is retried with backoff).")
+    dropped_callbacks: int = Field(0, description="Callbacks given up (over max_pending_callback_nonces).")
+    dropped_items: int = Field(0, description="Valid nonces in dropped callbacks.")
+    last_error: str | None = Field(None, description="The last failed POST's URL and error; null once one succeeds.")
+
+
 class PoCStatus(BaseModel):
     """State and results of the round (GET /status and the control endpoints' pow_status)."""
 
@@ -192,6 +204,8 @@ class PoCStatus(BaseModel):
     validation: ValidationStats = Field(
         default_factory=ValidationStats, description="Validation statistics of the round."
     )
+    callbacks: CallbackStats = Field(
+        default_factory=CallbackStats, description="Delivery of the callbacks to the round's receiver.")
 
     @computed_field(description="Same as state, for callers that read this key.")
     @property

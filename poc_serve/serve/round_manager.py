@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable
 
@@ -17,7 +18,9 @@ from poc_serve.poc import NonceSequence, judge
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.generation import Every, RoundError, drive_batches, logger
 from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.protocol import PoCInitRequest, PoCStatus, ProofBatch, State, ValidatedBatch, ValidationStats
+from poc_serve.serve.protocol import (CallbackStats, PoCInitRequest, PoCStatus, ProofBatch, State, ValidatedBatch,
+                                     ValidationStats)
+from poc_serve.serve.round_store import Checkpointer, RoundJournal, RoundSnapshot
 
 ComputeFn = Callable[[PoCRound, list[int]], Awaitable[list[float]]]
 
@@ -31,6 +34,10 @@ class GenerationStats:
     valid_distances: list[float] = field(default_factory=list)
     generating_seconds: float = 0.0
     generating_since: float | None = None
+    # Valid nonces handed to the callback sender, and those it settled (delivered or gave up):
+    # a resumed round sends valid_nonces[settled:] again, nothing before.
+    handed_over: int = 0
+    settled: int = 0
 
     def elapsed(self) -> float:
         running = time.monotonic() - self.generating_since if self.generating_since is not None else 0.0
@@ -41,13 +48,14 @@ class RoundManager:
     """Holds the node's round and drives generation and validation.
 
     ``batch_size(seq_len)`` gives nonces per engine call; ``batches_in_flight`` calls are kept
-    running at once (replicas x per-replica queue) so every engine replica stays busy.
+    running at once (replicas x per-replica queue) so every engine replica stays busy. With a
+    ``journal`` every change is checkpointed, and :meth:`resume` continues a round from it.
     """
 
     def __init__(self, compute: ComputeFn, batch_size: Callable[[int], int], max_seq_len: int,
                  batches_in_flight: int, callbacks: CallbackSender, metrics: PoCMetrics | None = None,
                  callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
-                 generation_conflict: Callable[[], str | None] = lambda: None):
+                 generation_conflict: Callable[[], str | None] = lambda: None, journal: RoundJournal | None = None):
         self._compute = compute
         # Why generation may not start now (another generation holds the engine), or None.
         self._generation_conflict = generation_conflict
@@ -65,8 +73,8 @@ class RoundManager:
         self.engine_ready = False
         self.engine_error: str | None = None  # why not ready, as the ingress last found out
         self._nonces: NonceSequence | None = None
-        self._unsent_nonces: list[int] = []
-        self._unsent_distances: list[float] = []
+        self._round_id = uuid.uuid4().hex
+        self._checkpointer = Checkpointer(journal, self._snapshot) if journal else None
         self._loop_task: asyncio.Task | None = None
         self._stop_requested = asyncio.Event()
         self._lock = asyncio.Lock()
@@ -79,6 +87,7 @@ class RoundManager:
             if self.state == "GENERATING":
                 raise RoundError(409, "a round is generating: POST /stop or /phase/validate first")
             self._configure(req, "IDLE")
+            await self._saved()
 
     async def init_generate(self, req: PoCInitRequest) -> None:
         """Init and start generating; a repeat of the running round's config is a no-op."""
@@ -93,12 +102,14 @@ class RoundManager:
             self._check_no_conflict()
             self._configure(req, "IDLE")
             self._start_generation()
+            await self._saved()
 
     async def init_validate(self, req: PoCInitRequest) -> None:
         """Stop any generation (flushing found nonces), init, state VALIDATING."""
         async with self._lock:
             await self._stop_generation()
             self._configure(req, "VALIDATING")
+            await self._saved()
 
     async def phase_generate(self) -> None:
         """Start (or resume) generating with the stored config."""
@@ -110,6 +121,7 @@ class RoundManager:
             if self.state != "GENERATING":
                 self._check_no_conflict()
                 self._start_generation()
+            await self._saved()
 
     async def phase_validate(self) -> None:
         """Stop generating; state VALIDATING."""
@@ -117,12 +129,24 @@ class RoundManager:
             self._require_round()
             await self._stop_generation()
             self._set_state("VALIDATING")
+            await self._saved()
 
     async def stop(self) -> None:
         """Stop everything; state STOPPED. Idempotent."""
         async with self._lock:
             await self._stop_generation()
             self._set_state("STOPPED")
+            await self._saved()
+
+    async def shutdown(self, timeout: float) -> None:
+        """The ingress is going away (serve shutdown, SIGTERM of serve run, a redeploy): stop
+        generating (batches in flight finish and count), send what was found within ``timeout``
+        s, and save the round as it stood. A GENERATING round stays GENERATING in the store, so
+        the replica that follows resumes it and sends only what the receiver did not take."""
+        async with self._lock:
+            await self._stop_generation()
+            await self._callbacks.close(timeout)
+            await self._saved()
 
     # ---------------------------------------------------------------- queries
 
@@ -143,7 +167,8 @@ class RoundManager:
             engine_error=None if self.engine_ready else self.engine_error,
             valid_nonces=self.gen.valid_nonces[offset:end], valid_distances=self.gen.valid_distances[offset:end],
             total_checked=self.gen.checked, total_valid=len(self.gen.valid_nonces),
-            elapsed_seconds=elapsed, rate_per_second=rate, validation=self.val.model_copy(), **round_fields)
+            elapsed_seconds=elapsed, rate_per_second=rate, validation=self.val.model_copy(),
+            callbacks=CallbackStats(**self._callbacks.stats()), **round_fields)
 
     async def validate(self, batch: ProofBatch) -> ValidatedBatch:
         """Recompute a ProofBatch with the round's parameters and judge it."""
@@ -159,6 +184,7 @@ class RoundManager:
         self.val.batches += 1
         self.val.nonces += len(batch.nonces)
         self.val.fraud_detected += int(verdict.fraud_detected)
+        self._changed()
         if self._metrics:
             self._metrics.record_validation(len(batch.nonces), verdict.fraud_detected)
         validated = ValidatedBatch(
@@ -188,6 +214,7 @@ class RoundManager:
         self.request = req
         self.gen = GenerationStats()
         self.val = ValidationStats()
+        self._round_id = uuid.uuid4().hex
         self._nonces = NonceSequence(req.node_id, req.node_count) if req.has_node_assignment() else None
         self._set_state(state)
 
@@ -195,6 +222,7 @@ class RoundManager:
         self.state = state
         if self._metrics:
             self._metrics.record_state(state)
+        self._changed()
 
     def _start_generation(self) -> None:
         req = self.request
@@ -215,6 +243,8 @@ class RoundManager:
         if self.gen.generating_since is not None:
             self.gen.generating_seconds += time.monotonic() - self.gen.generating_since
             self.gen.generating_since = None
+        self._changed()
+        await self._saved()  # every found nonce saved, so all of them may go now
         self._send_found()
         self._log_progress()
 
@@ -223,30 +253,89 @@ class RoundManager:
         round_ = _poc_round(req, req.public_key)
         await drive_batches(
             lambda batch: self._compute(round_, batch), nonces, self._batch_size(req.seq_len), self._in_flight_limit,
-            lambda batch, distances: self._record(req, stats, batch, distances), stop,
+            lambda batch, distances: self._record(req, stats, nonces, batch, distances), stop,
             periodic=[Every(self._callback_interval_s, self._send_found), Every(self._log_interval_s, self._log_progress)])
 
-    def _record(self, req: PoCInitRequest, stats: GenerationStats, batch: list[int], distances: list[float]) -> None:
+    def _record(self, req: PoCInitRequest, stats: GenerationStats, nonces: NonceSequence, batch: list[int],
+                distances: list[float]) -> None:
         found = [(n, d) for n, d in zip(batch, distances) if d < req.r_target]
         stats.checked += len(batch)
         for n, d in found:
             stats.valid_nonces.append(n)
             stats.valid_distances.append(d)
-            self._unsent_nonces.append(n)
-            self._unsent_distances.append(d)
+        nonces.computed(batch)
         if self._metrics:
             self._metrics.record_batch(len(batch), len(found))
+        self._changed()
 
     def _send_found(self) -> None:
-        req = self.request
-        if req is None or not self._unsent_nonces:
+        """Hand the valid nonces found since the last call to the callback sender: with a
+        journal only those already saved, so a crash cannot make a resumed round send them twice."""
+        req, gen = self.request, self.gen
+        end = self._checkpointer.saved_valid(self._round_id) if self._checkpointer else len(gen.valid_nonces)
+        if req is None or end <= gen.handed_over:
             return
-        if req.callback_url:
-            self._callbacks.enqueue_generated(dict(
-                public_key=req.public_key, block_hash=req.block_hash, block_height=req.block_height,
-                nonces=self._unsent_nonces, dist=self._unsent_distances, node_id=req.node_id,
-                r_target=req.r_target), req.callback_url)
-        self._unsent_nonces, self._unsent_distances = [], []
+        start, gen.handed_over = gen.handed_over, end
+        if not req.callback_url:
+            gen.settled = end
+            return
+        self._callbacks.enqueue_generated(dict(
+            public_key=req.public_key, block_hash=req.block_hash, block_height=req.block_height,
+            nonces=gen.valid_nonces[start:end], dist=gen.valid_distances[start:end], node_id=req.node_id,
+            r_target=req.r_target), req.callback_url, on_settled=lambda: self._settled(gen, end))
+
+    def _settled(self, gen: GenerationStats, end: int) -> None:
+        gen.settled = max(gen.settled, end)
+        if gen is self.gen:
+            self._changed()
+
+    # ---------------------------------------------------------------- checkpoint
+
+    def _changed(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.mark()
+
+    async def _saved(self) -> None:
+        """Wait until the store holds every change: a control call answers only what a new
+        replica would resume (a /stop answered, then a crash, must not come back GENERATING)."""
+        if self._checkpointer:
+            await self._checkpointer.flush()
+
+    def _snapshot(self) -> RoundSnapshot:
+        gen, req = self.gen, self.request
+        head = dict(round_id=self._round_id, state=self.state, request=req and req.model_dump(mode="json"),
+                    valid=len(gen.valid_nonces), checked=gen.checked, generating_seconds=gen.elapsed(),
+                    settled=gen.settled, validation=self.val.model_dump(mode="json"),
+                    sequence=self._nonces.position() if self._nonces else None)
+        return RoundSnapshot(head, gen.valid_nonces, gen.valid_distances)
+
+    def resume(self, snapshot: RoundSnapshot) -> None:
+        """Continue the checkpointed round (a new ingress replica after the last one died): its
+        config, state, counters and results; a GENERATING round goes on generating where its nonce
+        sequence stood, and the valid nonces its receiver had not settled are sent again. Call
+        on the event loop, before any request."""
+        head = snapshot.head
+        if head["request"] is None:
+            return
+        req = PoCInitRequest.model_validate(head["request"])
+        self.request, self._round_id = req, head["round_id"]
+        self.gen = GenerationStats(checked=head["checked"], valid_nonces=snapshot.valid_nonces,
+                                   valid_distances=snapshot.valid_distances,
+                                   generating_seconds=head["generating_seconds"], handed_over=head["settled"],
+                                   settled=head["settled"])
+        self.val = ValidationStats.model_validate(head["validation"])
+        self._nonces = NonceSequence(req.node_id, req.node_count) if head["sequence"] else None
+        if self._nonces:
+            self._nonces.restore(head["sequence"])
+        self._checkpointer.restored(self._round_id, head["valid"])
+        logger.info("resuming the round of block %d in state %s: %d checked, %d valid, %d not yet settled "
+                    "by the receiver", req.block_height, head["state"], self.gen.checked, head["valid"],
+                    head["valid"] - head["settled"])
+        if head["state"] == "GENERATING":
+            self._start_generation()
+        else:
+            self._set_state(head["state"])
+            self._send_found()
 
     def _log_progress(self) -> None:
         valid, checked = len(self.gen.valid_nonces), self.gen.checked

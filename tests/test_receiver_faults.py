@@ -1,0 +1,46 @@
+"""A v1 round whose receiver misbehaves for a long stretch, in every way a real one can: 5xx, 4xx,
+connections reset, answers slower than the sender's timeout. The round keeps generating, the
+backlog stays one merged callback, /status shows it, and once the receiver behaves every valid
+nonce reaches it exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+
+from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.round_manager import RoundManager
+from tests.receiver import CallbackReceiver
+from tests.test_round_manager import FlakyEngine, _req
+
+FAULTS = [("500", 30), ("404", 30), ("reset", 30), ("slow", 4)]
+
+
+def test_a_misbehaving_receiver_delays_callbacks_and_loses_nothing():
+    async def run(receiver):
+        sender = CallbackSender(timeout=0.3, backoff_base=0.02, backoff_cap=0.1)
+        mgr = RoundManager(compute=FlakyEngine().compute, batch_size=lambda seq_len: 8, max_seq_len=128,
+                           batches_in_flight=3, callbacks=sender, callback_interval_s=0.05, log_interval_s=1.0)
+        await mgr.init_generate(_req(r_target=2.0, callback_url=receiver.url))
+        seen = []
+        for fault, count in FAULTS:
+            receiver.fail_next(count, fault, slow_s=0.5)
+            while receiver.failures < sum(c for _, c in FAULTS[:FAULTS.index((fault, count)) + 1]):
+                seen.append(mgr.status().callbacks)
+                await asyncio.sleep(0.02)
+        checked_during_faults = mgr.gen.checked
+        await mgr.stop()
+        assert await sender.flush(10)
+        return mgr, seen, checked_during_faults
+
+    with CallbackReceiver() as receiver:
+        mgr, seen, checked = asyncio.run(run(receiver))
+        sent = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
+    assert checked > 100  # generation went on through the outage
+    assert sorted(sent) == sorted(mgr.gen.valid_nonces) and len(sent) == len(set(sent))
+    assert max(s.pending_callbacks for s in seen) <= 2  # merged: one pending, one on the wire
+    assert max(s.pending_items for s in seen) > 0
+    errors = {s.last_error.split(": ", 1)[1].split(":")[0] for s in seen if s.last_error}
+    assert {"HTTP 500", "HTTP 404", "RemoteProtocolError", "ReadTimeout"} <= errors, errors
+    final = mgr.status().callbacks
+    assert final.failed_attempts >= sum(c for _, c in FAULTS) and final.last_error is None
+    assert (final.pending_callbacks, final.dropped_items) == (0, 0)

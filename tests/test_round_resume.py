@@ -1,0 +1,164 @@
+"""A v1 round outliving its ingress: the round manager checkpoints into a store, a crash throws
+the manager away mid-round (tasks cancelled, nothing flushed), and a new manager over the same
+store resumes it. The store is in memory here; tests/test_service_e2e.py kills the real
+ingress replica of a Serve app, whose store is Ray's GCS."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from poc_serve.serve import round_store
+from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.round_manager import RoundManager
+from poc_serve.serve.round_store import MemoryStore, RoundJournal, RoundSnapshot
+from tests.receiver import CallbackReceiver
+from tests.test_round_manager import FlakyEngine, _req
+
+IN_FLIGHT = 3
+BATCH = 8
+
+
+def _manager(engine: FlakyEngine, store: MemoryStore) -> RoundManager:
+    return RoundManager(compute=engine.compute, batch_size=lambda seq_len: BATCH, max_seq_len=128,
+                        batches_in_flight=IN_FLIGHT, callbacks=CallbackSender(backoff_base=0.02, backoff_cap=0.05),
+                        callback_interval_s=0.05, log_interval_s=1.0, journal=RoundJournal(store, "app/v1-round"))
+
+
+async def _crash(mgr: RoundManager) -> None:
+    """Throw the manager away as a killed process would: its tasks stop, nothing is flushed.
+    Waits first until no callback is on the wire and the store holds every change, since a kill
+    between a receiver's 200 and the checkpoint of that delivery (milliseconds) sends it again."""
+    sender = mgr._callbacks
+    while sender.pending or not mgr._checkpointer._clean.is_set():
+        await sender.flush()
+        await mgr._checkpointer.flush()
+    for task in (mgr._loop_task, sender._task, mgr._checkpointer._task):
+        task.cancel()
+    await asyncio.sleep(0)
+
+
+def test_a_round_resumes_after_a_crash_and_every_valid_nonce_reaches_the_receiver_once(monkeypatch):
+    monkeypatch.setattr(round_store, "MIN_WRITE_INTERVAL_S", 0.0)
+
+    async def run(url):
+        store, engine = MemoryStore(), FlakyEngine()
+        first = _manager(engine, store)
+        await first.init_generate(_req(r_target=2.0, callback_url=url))
+        while first.gen.settled < 20:
+            await asyncio.sleep(0.01)
+        await _crash(first)
+        checked_at_crash, valid_at_crash = first.gen.checked, list(first.gen.valid_nonces)
+
+        second = _manager(engine, store)
+        snapshot = second._checkpointer.journal.load()
+        second.resume(snapshot)
+        assert second.state == "GENERATING" and second.request == first.request
+        assert second.gen.checked == checked_at_crash and second.gen.valid_nonces == valid_at_crash
+        while second.gen.checked < checked_at_crash + 200:
+            await asyncio.sleep(0.01)
+        await second.stop()
+        await second._callbacks.flush(10)
+        return engine, second
+
+    with CallbackReceiver() as receiver:
+        engine, mgr = asyncio.run(run(receiver.url))
+        sent = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
+    assert sorted(sent) == sorted(mgr.gen.valid_nonces) and len(sent) == len(set(sent))  # each once
+    checked = [1 + 2 * i for i in range(mgr.gen.checked)]  # the sequence went on without a hole
+    assert sorted(set(engine.computed)) == checked
+    assert mgr.status().total_valid == len(mgr.gen.valid_nonces) and mgr.state == "STOPPED"
+    twice = len(engine.computed) - len(set(engine.computed))
+    assert twice <= IN_FLIGHT * BATCH  # only the batches in flight at the crash
+
+
+def test_a_validating_round_comes_back_with_its_results_and_does_not_generate():
+    async def run():
+        store, engine = MemoryStore(), FlakyEngine()
+        first = _manager(engine, store)
+        await first.init_generate(_req(r_target=2.0))
+        while first.gen.checked < 50:
+            await asyncio.sleep(0.01)
+        await first.phase_validate()
+        await first._checkpointer.flush()
+        second = _manager(engine, store)
+        second.resume(second._checkpointer.journal.load())
+        await asyncio.sleep(0.1)
+        return first, second, engine
+
+    first, second, engine = asyncio.run(run())
+    assert second.state == "VALIDATING" and second._loop_task is None
+    assert second.status().model_dump() == {**first.status().model_dump(), "is_model_initialized": False}
+
+
+def test_the_journal_keeps_chunks_per_round_and_ignores_an_old_checkpoint(monkeypatch):
+    monkeypatch.setattr(round_store, "CHUNK_NONCES", 3)
+    store = MemoryStore()
+    journal = RoundJournal(store, "k")
+    nonces, dist = list(range(10)), [0.5 + i for i in range(10)]
+    for count in (2, 7, 10):  # chunks fill across writes; full ones are written once
+        journal.write(RoundSnapshot({"round_id": "a", "valid": count}, nonces, dist))
+    loaded = RoundJournal(store, "k").load()
+    assert (loaded.valid_nonces, loaded.valid_distances) == (nonces, dist)
+    journal.write(RoundSnapshot({"round_id": "b", "valid": 1}, [42], [0.1]))
+    assert sorted(store.data) == ["k/b/0", "k/head"]  # round a's chunks are gone
+    assert RoundJournal(store, "k").load().valid_nonces == [42]
+    assert RoundJournal(store, "k").load(max_age_s=-1) is None
+
+
+def test_a_store_that_fails_briefly_delays_callbacks_and_loses_nothing(monkeypatch):
+    monkeypatch.setattr(round_store, "WRITE_RETRY_S", 0.05)
+    store = MemoryStore()
+    put, failures = store.put, [2]
+
+    def flaky_put(key, value):
+        if failures[0] and key.endswith("/head"):
+            failures[0] -= 1
+            raise ConnectionError("GCS unavailable")
+        put(key, value)
+
+    store.put = flaky_put
+
+    async def run(url):
+        mgr = _manager(FlakyEngine(), store)
+        await mgr.init_generate(_req(r_target=2.0, callback_url=url))
+        deadline = time.monotonic() + 10
+        while mgr.gen.checked < 100 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await mgr.stop()
+        await mgr._callbacks.flush(10)
+        return mgr
+
+    with CallbackReceiver() as receiver:
+        mgr = asyncio.run(run(receiver.url))
+        sent = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
+    assert failures[0] == 0 and sorted(sent) == sorted(mgr.gen.valid_nonces)
+    assert RoundJournal(store, "app/v1-round").load().head["state"] == "STOPPED"
+
+
+def test_a_shutdown_sends_what_was_found_and_the_next_replica_goes_on_from_there():
+    async def run(url):
+        store, engine = MemoryStore(), FlakyEngine()
+        first = _manager(engine, store)
+        await first.init_generate(_req(r_target=2.0, callback_url=url))
+        while first.gen.checked < 100:
+            await asyncio.sleep(0.01)
+        await first.shutdown(timeout=5)
+        shut = list(first.gen.valid_nonces)
+        sent_by_first = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
+        second = _manager(engine, store)
+        snapshot = second._checkpointer.journal.load()
+        assert snapshot.head["state"] == "GENERATING" and snapshot.head["settled"] == len(shut)
+        second.resume(snapshot)
+        while second.gen.checked < len(shut) + 100:
+            await asyncio.sleep(0.01)
+        await second.stop()
+        await second._callbacks.flush(10)
+        return shut, sent_by_first, second
+
+    with CallbackReceiver() as receiver:
+        shut, sent_by_first, second = asyncio.run(run(receiver.url))
+        sent = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
+    assert sorted(sent_by_first) == sorted(shut)  # everything found went out before the shutdown ended
+    assert sorted(sent) == sorted(second.gen.valid_nonces) and len(sent) == len(set(sent))
+    assert sorted(second.gen.valid_nonces) == [1 + 2 * i for i in range(second.gen.checked)]
