@@ -23,6 +23,7 @@ from poc_serve.serve.artifact_service import ArtifactService
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.inference import InferenceService
+from poc_serve.serve.limits import RequestLimitsMiddleware
 from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from poc_serve.serve.policies import V1_API, V2_API, EnginePolicies
@@ -62,6 +63,8 @@ class CallerHabitsMiddleware:
 
 
 app = FastAPI(title="poc_serve", description="Proof-of-Compute node over a vLLM engine")
+# Added first so that it runs inside CallerHabitsMiddleware, on the path without a version segment.
+app.add_middleware(RequestLimitsMiddleware)
 app.add_middleware(CallerHabitsMiddleware)
 
 
