@@ -65,12 +65,19 @@ def test_inference_and_poc_calls_have_separate_bounds():
 
 def test_poc_forward_and_call_sizes():
     """A forward holds poc_forward_tokens // seq_len nonces (default: max_num_batched_tokens), capped
-    by max_poc_batch_size and at least 1; an engine call holds poc_forwards_per_call forwards."""
+    by max_poc_forward_size and at least 1; an engine call holds poc_forwards_per_call forwards."""
     engine = EngineConfig(max_num_batched_tokens=65536, poc_forward_tokens=16384, poc_forwards_per_call=4)
     assert [engine.poc_forward_size(s) for s in (8, 64, 256, 20000)] == [1024, 256, 64, 1]
-    assert engine.poc_batch_size(64) == 1024
+    assert engine.poc_call_size(64) == 1024
     default = EngineConfig(max_num_batched_tokens=65536, poc_forwards_per_call=1)
-    assert (default.poc_forward_size(64), default.poc_batch_size(256)) == (1024, 256)
+    assert (default.poc_forward_size(64), default.poc_call_size(256)) == (1024, 256)
+
+
+def test_a_renamed_size_key_fails_naming_its_new_name():
+    with pytest.raises(ValidationError, match="`max_poc_batch_size` is now called `max_poc_forward_size`"):
+        PoCAppArgs(engine={"max_poc_batch_size": 256})
+    assert check_serve_config({"applications": [{"import_path": "poc_serve.app:build_app", "args": {
+        "engine": {"max_poc_batch_size": 256}}}]}) != []
 
 
 def test_poc_forward_may_not_exceed_the_profiled_tokens():

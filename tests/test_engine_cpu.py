@@ -183,7 +183,7 @@ class TestQwenTP1:
         (5 forwards), and in a shuffled request with other neighbours and batch positions."""
         round = poc_round(mode, DET_SEQ_LEN)
         assert qwen.engine.config.poc_forward_size(DET_SEQ_LEN) == DET_BATCH == 8  # 40 nonces -> 5 forwards
-        assert qwen.engine.batch_size(DET_SEQ_LEN) == 4 * DET_BATCH  # ... in 2 calls
+        assert qwen.engine.call_size(DET_SEQ_LEN) == 4 * DET_BATCH  # ... in 2 calls
         full = dict(zip(DET_NONCES, qwen.compute(round, DET_NONCES).distances))
         assert len(set(full.values())) == len(DET_NONCES)  # distinct nonces, distinct distances
 

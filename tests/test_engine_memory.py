@@ -47,7 +47,7 @@ def test_probes_whole_calls_with_the_most_nonces_and_the_longest_sequence_keepin
     workers = ProbingWorkers()
     engine = engine_with(workers)
     probes = asyncio.run(engine.check_memory())
-    # 32768 tokens: forwards of 1024 nonces (max_poc_batch_size) at seq_len 32 and of 16 nonces at
+    # 32768 tokens: forwards of 1024 nonces (max_poc_forward_size) at seq_len 32 and of 16 nonces at
     # max_model_len; a call holds 4 forwards.
     assert [(m, k["seq_len"], k["forward_size"], k["num_nonces"]) for m, k in workers.calls] == [
         ("poc_memory_probe", 32, 1024, 4096), ("poc_memory_probe", 2048, 16, 64)]

@@ -7,6 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WORKER_EXTENSION = "poc_serve.engine.worker_extension.PoCWorkerExtension"
+# Keys renamed when sizes got one vocabulary (docs/design.md, "Sizes"): an old config fails with
+# the new name instead of a bare "extra inputs are not permitted".
+RENAMED_KEYS = {"max_poc_batch_size": "max_poc_forward_size"}
 
 
 class EngineConfig(BaseModel):
@@ -34,7 +37,7 @@ class EngineConfig(BaseModel):
                                 "the largest size vLLM's memory profile covers. Every forward of a seq_len has "
                                 "this shape, so a nonce's distance never depends on its request; smaller "
                                 "forwards make small validations faster.")
-    max_poc_batch_size: int = Field(1024, ge=1, description="Upper bound on nonces per PoC forward.")
+    max_poc_forward_size: int = Field(1024, ge=1, description="Most nonces in one PoC forward (at short seq_len).")
     poc_forwards_per_call: int = Field(
         4, ge=1, description="PoC forwards per engine call: more amortise the call's round trip (the GPU "
                              "runs them back to back), fewer hand out work in smaller pieces.")
@@ -56,6 +59,15 @@ class EngineConfig(BaseModel):
         default_factory=dict, description="Further vllm AsyncEngineArgs fields, passed through unchanged.")
     rpc_timeout_s: float = Field(600.0, gt=0, description="Longest a PoC batch may take before it counts as failed.")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _no_renamed_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            old = sorted(set(data) & set(RENAMED_KEYS))
+            if old:
+                raise ValueError("; ".join(f"`{key}` is now called `{RENAMED_KEYS[key]}`" for key in old))
+        return data
+
     @model_validator(mode="after")
     def _forward_fits_profile(self) -> "EngineConfig":
         if self.poc_forward_tokens is not None and self.poc_forward_tokens > self.max_num_batched_tokens:
@@ -71,13 +83,13 @@ class EngineConfig(BaseModel):
     def poc_forward_size(self, seq_len: int) -> int:
         """Nonces per PoC forward at ``seq_len``: fixed for a given configuration, so that every
         nonce meets the same kernel shapes whatever the request size (batch independence)."""
-        return max(1, min(self.max_poc_batch_size, self.poc_tokens_per_forward() // seq_len))
+        return max(1, min(self.max_poc_forward_size, self.poc_tokens_per_forward() // seq_len))
 
     def poc_forward_options(self) -> dict[str, bool]:
         """How the workers run a PoC forward: keyword arguments of ``PoCWorkerExtension.poc_compute``."""
         return {"fuse_qk_norm_rope": self.poc_fuse_qk_norm_rope, "flash_attention": self.poc_flash_attention,
                 "last_position_only": self.poc_last_position_only}
 
-    def poc_batch_size(self, seq_len: int) -> int:
+    def poc_call_size(self, seq_len: int) -> int:
         """Nonces per engine call at ``seq_len`` (the unit of work the round manager hands out)."""
         return self.poc_forward_size(seq_len) * self.poc_forwards_per_call

@@ -97,9 +97,9 @@ class PoCEngine:
                 self.shutdown()  # nobody else holds this engine yet: release its GPUs
                 raise
 
-    def batch_size(self, seq_len: int) -> int:
+    def call_size(self, seq_len: int) -> int:
         """Nonces per engine call at ``seq_len``."""
-        return self.config.poc_batch_size(seq_len)
+        return self.config.poc_call_size(seq_len)
 
     def check_seq_len(self, seq_len: int) -> None:
         """Raise :class:`SeqLenError` when ``seq_len`` does not fit the engine."""
@@ -115,10 +115,10 @@ class PoCEngine:
         only when something else took the memory; it fails before the replica takes work."""
         cfg = self.config
         # ceil: the shortest seq_len with the most nonces
-        shortest = -(-cfg.poc_tokens_per_forward() // cfg.max_poc_batch_size)
+        shortest = -(-cfg.poc_tokens_per_forward() // cfg.max_poc_forward_size)
         probes = []
         for seq_len in sorted({min(shortest, self.max_model_len), self.max_model_len}):
-            forward, nonces = cfg.poc_forward_size(seq_len), cfg.poc_batch_size(seq_len)
+            forward, nonces = cfg.poc_forward_size(seq_len), cfg.poc_call_size(seq_len)
             try:
                 results = await self.llm.collective_rpc(
                     "poc_memory_probe", timeout=cfg.rpc_timeout_s,
@@ -148,7 +148,7 @@ class PoCEngine:
         ``poc_forwards_per_call`` per worker call."""
         self.check_seq_len(round.seq_len)
         forward = self.config.poc_forward_size(round.seq_len)
-        call = self.batch_size(round.seq_len)
+        call = self.call_size(round.seq_len)
         distances: list[float] = []
         hidden: list[list[float]] = []
         for start in range(0, len(nonces), call):
@@ -176,7 +176,7 @@ class PoCEngine:
             raise ValueError(f"k_dim must be between 1 and the model's hidden size ({self.hidden_size}), "
                              f"got {round.k_dim}")
         forward = self.config.poc_forward_size(round.seq_len)
-        call = self.batch_size(round.seq_len)
+        call = self.call_size(round.seq_len)
         artifacts: list[str | None] = []
         for start in range(0, len(nonces), call):
             chunk = nonces[start:start + call]
