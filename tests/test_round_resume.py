@@ -162,3 +162,43 @@ def test_a_shutdown_sends_what_was_found_and_the_next_replica_goes_on_from_there
     assert sorted(sent_by_first) == sorted(shut)  # everything found went out before the shutdown ended
     assert sorted(sent) == sorted(second.gen.valid_nonces) and len(sent) == len(set(sent))
     assert sorted(second.gen.valid_nonces) == [1 + 2 * i for i in range(second.gen.checked)]
+
+
+def test_a_v2_generation_resumes_after_a_crash_and_every_artifact_reaches_the_receiver_once(monkeypatch):
+    """v2 keeps no artifact in the store: a batch stays open until the receiver has its artifacts,
+    and the resumed loop computes the open batches again (artifacts are deterministic)."""
+    from tests.test_v2_service import URL_PATH, StandInEngine, init, wired
+
+    monkeypatch.setattr(round_store, "MIN_WRITE_INTERVAL_S", 0.0)
+    store = MemoryStore()
+
+    def service(engine):
+        return wired(engine, lambda: "IDLE", journal=RoundJournal(store, "app/v2-generation"))[0]
+
+    async def run(url):
+        engine = StandInEngine()
+        first = service(engine)
+        await first.init_generate(init(url=url))
+        while first.generation._settled < 40:
+            await asyncio.sleep(0.01)
+        sender, checkpointer = first._stream, first.generation._checkpointer
+        while sender.pending or not checkpointer._clean.is_set():
+            await sender.flush()
+            await checkpointer.flush()
+        for task in (first.generation._task, sender._task, checkpointer._task):
+            task.cancel()
+        await asyncio.sleep(0)
+        second = service(engine)
+        second.generation.resume(RoundJournal(store, "app/v2-generation").load())
+        assert second.status().status == "GENERATING"
+        while second.generation.total < first.generation.total + 100:
+            await asyncio.sleep(0.01)
+        await second.stop()
+        assert RoundJournal(store, "app/v2-generation").load().head["resumable"] is False
+        return second
+
+    with CallbackReceiver() as receiver:
+        second = asyncio.run(run(receiver.url + URL_PATH))
+        bodies = receiver.bodies(URL_PATH.replace("%25", "%") + "/generated")
+    sent = [a["nonce"] for body in bodies for a in body["artifacts"]]
+    assert sorted(sent) == [1 + 3 * i for i in range(second.generation.total)] and len(sent) == len(set(sent))

@@ -1,6 +1,10 @@
 """The PoC v2 generation loop (poc-v2.md section 4.1): one nonce counter over all engine replicas,
 the new artifacts sent to ``{url}/generated`` at most every callback interval, the progress line.
 
+With a journal the loop outlives its ingress replica. Artifacts are deterministic, so the
+checkpoint holds no artifact: a batch stays open in the nonce sequence's position until the
+receiver has settled its artifacts, and a resumed loop computes and sends the open batches again.
+
 Knows nothing of HTTP or Ray: artifacts come from an injected ``compute`` coroutine.
 """
 
@@ -8,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Awaitable, Callable
 
 from poc_serve.engine.protocol import ArtifactRound
@@ -16,6 +21,7 @@ from poc_serve.serve.artifact_protocol import GenerationConfig, GenerationInit, 
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.generation import Every, drive_batches, logger
 from poc_serve.serve.metrics import PoCMetrics
+from poc_serve.serve.round_store import Checkpointer, RoundJournal, RoundSnapshot
 
 # (round, nonces) -> vector_b64 per nonce, None where the artifact stayed non-finite (section 3).
 ArtifactComputeFn = Callable[[ArtifactRound, list[int]], Awaitable[list[str | None]]]
@@ -37,7 +43,7 @@ class ArtifactGeneration:
 
     def __init__(self, compute: ArtifactComputeFn, batch_size: Callable[[int], int], batches_in_flight: int,
                  sender: CallbackSender, metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0,
-                 log_interval_s: float = 5.0, call_timeout_s: float = 60.0):
+                 log_interval_s: float = 5.0, call_timeout_s: float = 60.0, journal: RoundJournal | None = None):
         self._compute = compute
         self._batch_size = batch_size
         self._in_flight_limit = batches_in_flight
@@ -52,6 +58,13 @@ class ArtifactGeneration:
         self._seconds = 0.0
         self._since: float | None = None
         self._unsent: list[dict] = []
+        self._unsent_batches: list[list[int]] = []
+        self._nonces: NonceSequence | None = None
+        # Artifacts of the batches the receiver settled: what a resumed loop counts from.
+        self._settled = 0
+        self._resumable = False  # whether the saved loop is to go on after a restart
+        self._loop_id = uuid.uuid4().hex
+        self._checkpointer = Checkpointer(journal, self._snapshot) if journal else None
         self._task: asyncio.Task | None = None
         self._stop = asyncio.Event()
 
@@ -60,14 +73,23 @@ class ArtifactGeneration:
         """Whether the loop runs (also while it finishes its last batches after a stop)."""
         return self._task is not None
 
-    def start(self, config: GenerationInit) -> None:
-        """Start a new loop from nonce index 0 with fresh counters; the caller stopped the last one."""
+    def start(self, config: GenerationInit, resume_from: dict | None = None) -> None:
+        """Start a new loop from nonce index 0 with fresh counters (the caller stopped the last
+        one), or go on from a checkpoint's head (``resume_from``)."""
         assert self._task is None, "stop the running generation first"
-        self.config, self.total, self.nonfinite, self._seconds = config, 0, 0, 0.0
-        self._unsent = []
+        head = resume_from or {}
+        self.config, self.nonfinite = config, head.get("nonfinite", 0)
+        self.total = self._settled = head.get("settled", 0)
+        self._seconds = head.get("seconds", 0.0)
+        self._loop_id = head.get("round_id") or uuid.uuid4().hex
+        self._unsent, self._unsent_batches = [], []
         self._since = time.monotonic()
         self._stop = asyncio.Event()
-        nonces = NonceSequence(config.node_id, config.node_count, config.group_id, config.n_groups)
+        self._nonces = nonces = NonceSequence(config.node_id, config.node_count, config.group_id, config.n_groups)
+        if head:
+            nonces.restore(head["sequence"])
+        self._resumable = True
+        self._changed()
         round_ = artifact_round(config)
         self._task = asyncio.create_task(drive_batches(
             lambda batch: self._compute(round_, batch), nonces, self._batch_size(config.params.seq_len),
@@ -77,10 +99,12 @@ class ArtifactGeneration:
         if self._metrics:
             self._metrics.record_v2_generating(True)
 
-    async def stop(self) -> None:
-        """Let the batches in flight finish (their artifacts count and are sent), then end the loop."""
+    async def stop(self, resumable: bool = False) -> None:
+        """Let the batches in flight finish (their artifacts count and are sent), then end the loop;
+        ``resumable``: the saved loop goes on after a restart (a shutdown, not the network's stop)."""
         if self._task is None:
             return
+        self._resumable = resumable
         self._stop.set()
         try:
             await self._task
@@ -92,8 +116,37 @@ class ArtifactGeneration:
             self._since = None
             self._send_unsent()
             self._log_progress()
+            self._changed()
             if self._metrics:
                 self._metrics.record_v2_generating(False)
+
+    async def saved(self) -> None:
+        """Wait until the store holds every change (a no-op without a journal)."""
+        if self._checkpointer:
+            await self._checkpointer.flush()
+
+    def resume(self, snapshot: RoundSnapshot) -> None:
+        """Go on with a loop that a replica before this one saved as running: the batches its
+        receiver had not settled first, then new nonces. Call on the event loop."""
+        head = snapshot.head
+        if not head["resumable"]:
+            return
+        config = GenerationInit.model_validate(head["config"])
+        logger.info("resuming the PoC v2 generation of block %d: %d artifacts settled by the receiver, "
+                    "%d batches to compute again", config.block_height, head["settled"], len(head["sequence"]["open"]))
+        self.start(config, resume_from=head)
+        if self._metrics:
+            self._metrics.record_v2_generating(True)
+
+    def _changed(self) -> None:
+        if self._checkpointer:
+            self._checkpointer.mark()
+
+    def _snapshot(self) -> RoundSnapshot:
+        head = dict(round_id=self._loop_id, valid=0, resumable=self._resumable,
+                    config=self.config.model_dump(mode="json"), sequence=self._nonces.position(),
+                    settled=self._settled, nonfinite=self.nonfinite, seconds=self._seconds)
+        return RoundSnapshot(head, [], [])
 
     def stats(self) -> GenerationStats | None:
         """Progress of the current or last loop; None before the first."""
@@ -126,8 +179,11 @@ class ArtifactGeneration:
             logger.error("PoC v2: %d of %d nonces stayed non-finite after a recomputation and are left out: %s",
                          bad, len(batch), [n for n, v in zip(batch, vectors) if v is None])
         self.total += len(artifacts)
-        if self.config.url:
+        if self.config.url and artifacts:
             self._unsent.extend(artifacts)
+            self._unsent_batches.append(batch)
+        else:  # nothing to deliver: the batch is done
+            self._settle(self._nonces, [batch], len(artifacts))
         if self._metrics:
             self._metrics.record_artifacts(len(artifacts), bad)
 
@@ -135,10 +191,21 @@ class ArtifactGeneration:
         c = self.config
         if not self._unsent or c is None:
             return
+        batches, count, nonces = self._unsent_batches, len(self._unsent), self._nonces
         self._sender.enqueue_artifacts(dict(
             public_key=c.public_key, block_hash=c.block_hash, block_height=c.block_height, node_id=c.node_id,
-            artifacts=self._unsent, encoding=encoding(c.params.k_dim)), c.url)
-        self._unsent = []
+            artifacts=self._unsent, encoding=encoding(c.params.k_dim)), c.url,
+            on_settled=lambda: self._settle(nonces, batches, count))
+        self._unsent, self._unsent_batches = [], []
+
+    def _settle(self, nonces: NonceSequence, batches: list[list[int]], artifacts: int) -> None:
+        """The receiver took (or was given up on) these batches' artifacts: close them."""
+        if nonces is not self._nonces:  # a callback of an earlier loop
+            return
+        for batch in batches:
+            nonces.computed(batch)
+        self._settled += artifacts
+        self._changed()
 
     def _log_progress(self) -> None:
         rate = self._rate()

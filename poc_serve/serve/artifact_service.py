@@ -24,6 +24,7 @@ from poc_serve.serve.artifact_protocol import (
 from poc_serve.serve.callbacks import GENERATED, VALIDATED, CallbackSender
 from poc_serve.serve.generation import BatchFailed, RoundError, drive_batches
 from poc_serve.serve.metrics import PoCMetrics
+from poc_serve.serve.round_store import RoundJournal
 
 # Engine replicas have no port of their own; the spec's JSON needs an int (docs/v2.md).
 PORT = 0
@@ -47,7 +48,8 @@ class ArtifactService:
                  jobs_may_run: Callable[[], bool], served_model_name: str | None = None,
                  metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
                  call_timeout_s: float = WAIT_TIMEOUT_S, p_value_threshold_as_fraud_threshold: bool = False,
-                 max_queued_nonces: int = MAX_QUEUED_NONCES, result_keep_s: float = RESULT_KEEP_S):
+                 max_queued_nonces: int = MAX_QUEUED_NONCES, result_keep_s: float = RESULT_KEEP_S,
+                 journal: RoundJournal | None = None):
         self._compute = compute
         self._model_info = model_info
         self._batch_size = batch_size
@@ -61,7 +63,7 @@ class ArtifactService:
         self._call_timeout_s = call_timeout_s
         self._p_value_threshold_as_fraud = p_value_threshold_as_fraud_threshold
         self.generation = ArtifactGeneration(compute, batch_size, batches_in_flight, stream, metrics,
-                                             callback_interval_s, log_interval_s, call_timeout_s)
+                                             callback_interval_s, log_interval_s, call_timeout_s, journal)
         self.jobs = JobQueue(self._run_job, jobs_may_run, self._job_done, max_queued_nonces, result_keep_s)
         self.nonfinite_in_jobs = 0
         self._deployed: dict[str, Any] | None = None
@@ -84,6 +86,7 @@ class ArtifactService:
                 if conflict:
                     raise RoundError(409, conflict)
                 self.generation.start(body)
+                await self.generation.saved()  # answered once a replica after this one would resume it
         return InitGenerateAnswer(backends=self._replicas, n_groups=body.n_groups, results=self._results("OK"),
                                   pow_status=PowStatus(status="GENERATING"))
 
@@ -139,14 +142,17 @@ class ArtifactService:
             await self.jobs.clear()
             self._record_queue()
             await asyncio.gather(self._stream.clear(FLUSH_TIMEOUT_S), self._job_sender.clear(FLUSH_TIMEOUT_S))
+            await self.generation.saved()
         return StopAnswer(results=self._results("stopped"), pow_status=PowStatus(status="STOPPED"))
 
     async def shutdown(self, timeout: float) -> None:
-        """The ingress is going away: the loop stops (its last artifacts are queued) and the
-        pending callbacks get ``timeout`` s to reach their receivers."""
+        """The ingress is going away: the loop stops (its last artifacts are queued), the pending
+        callbacks get ``timeout`` s to reach their receivers, and the loop is saved as running, so
+        that the replica that follows goes on with it (sending what was not delivered)."""
         async with self._lock:
-            await self.generation.stop()
+            await self.generation.stop(resumable=True)
             await asyncio.gather(self._stream.close(timeout), self._job_sender.close(timeout))
+            await self.generation.saved()
 
     # ---------------------------------------------------------------- internals
 

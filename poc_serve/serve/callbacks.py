@@ -156,9 +156,11 @@ class CallbackSender:
         with them undelivered: a resumed round sends them again)."""
         self._enqueue_merged(batch, base_url, _V1_LISTS, on_settled)
 
-    def enqueue_artifacts(self, body: dict[str, Any], base_url: str | None = None) -> None:
-        """Queue a v2 generation loop's /generated body (its ``artifacts`` merge like v1's nonces)."""
-        self._enqueue_merged(body, base_url, _V2_LISTS)
+    def enqueue_artifacts(self, body: dict[str, Any], base_url: str | None = None,
+                          on_settled: Callable[[], None] | None = None) -> None:
+        """Queue a v2 generation loop's /generated body (its ``artifacts`` merge like v1's nonces);
+        ``on_settled`` as for :meth:`enqueue_generated`."""
+        self._enqueue_merged(body, base_url, _V2_LISTS, on_settled)
 
     def _enqueue_merged(self, body: dict[str, Any], base_url: str | None, lists: tuple[str, ...],
                         on_settled: Callable[[], None] | None = None) -> None:

@@ -114,9 +114,11 @@ class PoCIngress:
         engine_config = args.engine
         self._metrics = metrics = PoCMetrics()
         in_flight = args.num_engine_replicas * args.batches_in_flight_per_replica
-        # The v1 round is checkpointed in the GCS under the app's name: the replica Serve starts
-        # after this one dies resumes it (docs/reliability.md).
-        journal = RoundJournal(RayKVStore(), f"{serve.get_replica_context().app_name}/v1-round")
+        # The v1 round and the v2 generation loop are checkpointed in the GCS under the app's name:
+        # the replica Serve starts after this one dies resumes them (docs/design.md).
+        app_name = serve.get_replica_context().app_name
+        journal = RoundJournal(RayKVStore(), f"{app_name}/v1-round")
+        v2_journal = RoundJournal(RayKVStore(), f"{app_name}/v2-generation")
         self.policies = EnginePolicies(v1_state=lambda: self.manager.state,
                                        v2_generating=lambda: self.artifacts.generation.running,
                                        allow_inference_during_validation=args.allow_inference_during_validation)
@@ -136,19 +138,23 @@ class PoCIngress:
             generation_conflict=self.policies.v2_generation_conflict, jobs_may_run=self.policies.jobs_may_run,
             served_model_name=args.served_model_name, metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
-            p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold)
+            p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold, journal=v2_journal)
         self.inference = InferenceService(
             generate=lambda request: self._engine.options(stream=True).generate.remote(request),
             model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
             retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable,
             metrics=metrics)
-        checkpoint = journal.load()
-        if checkpoint:
-            self.manager.resume(checkpoint)
+        for checkpoint, resume in ((journal.load(), self.manager.resume),
+                                   (v2_journal.load(), self.artifacts.generation.resume)):
+            if checkpoint:
+                resume(checkpoint)
 
     async def __del__(self) -> None:
-        """Serve's graceful shutdown of the replica: what was found goes out before it exits."""
-        await asyncio.gather(self.manager.shutdown(_SHUTDOWN_FLUSH_S), self.artifacts.shutdown(_SHUTDOWN_FLUSH_S))
+        """Serve's graceful shutdown of the replica: what was found goes out before it exits.
+        Serve calls it after a constructor that raised too, when there is nothing to send."""
+        if hasattr(self, "inference"):  # the constructor's last step: everything exists
+            await asyncio.gather(self.manager.shutdown(_SHUTDOWN_FLUSH_S),
+                                 self.artifacts.shutdown(_SHUTDOWN_FLUSH_S))
 
     @staticmethod
     def _sender(args: PoCAppArgs, metrics: PoCMetrics, name: str, **policy) -> CallbackSender:
