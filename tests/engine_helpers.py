@@ -130,7 +130,7 @@ async def greedy_generate(llm: Any, prompt_token_ids: list[int], max_tokens: int
 @functools.lru_cache(maxsize=None)
 def reference_model(model: str, dtype: str) -> torch.nn.Module:
     """The transformers reference of a built-in model in ``dtype`` (cached)."""
-    from tests.reference import load_reference_model
+    from poc_serve.testing.reference import load_reference_model
 
     return load_reference_model(resolve_model(model), getattr(torch, dtype))
 

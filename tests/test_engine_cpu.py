@@ -40,7 +40,7 @@ from tests.engine_helpers import (  # noqa: E402
     max_abs_diff,
     reference_model,
 )
-from tests.reference import reference_artifacts, reference_distances, reference_last_hidden  # noqa: E402
+from poc_serve.testing.reference import reference_artifacts, reference_distances, reference_last_hidden  # noqa: E402
 
 from poc_serve.engine.engine import SeqLenError  # noqa: E402
 from poc_serve.engine.protocol import ArtifactRound, PoCRound  # noqa: E402

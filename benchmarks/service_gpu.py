@@ -1,11 +1,14 @@
-"""Throughput and correctness of poc_serve on GPUs, in one run: the transformers baseline, the
-engine's PoC call directly, and the whole service (Ray Serve + vLLM's Ray executor) per layout.
+"""The whole service on GPUs (Ray Serve + vLLM's Ray executor) per layout: correctness of
+/validate against the transformers reference, /validate latency, and generation rates read from
+/status. Engine-level rates and the transformers baseline: benchmarks/engine_gpu.py (its results
+in the same $OUT give this script's summary its ratios).
 
-    python benchmarks/throughput.py --phases model,reference,baseline,engine,service \\
-        --layouts tp1,rep2,tp2,pp2 --bench-layouts tp1,rep2
+    python benchmarks/service_gpu.py --phases model,reference,service --layouts tp1,rep2,tp2,pp2 \
+        --bench-layouts tp1,rep2
 
-Results: `RESULT {json}` lines, also appended to $OUT/*.jsonl; a summary with ratios at the end.
-Layouts need 1 (tp1) or 2 (rep2, tp2, pp2) GPUs. Skips (exit 0) without CUDA.
+Results: `RESULT {json}` lines, also appended to $OUT/engine_gpu.jsonl; a summary at the end.
+Layouts need 1 (tp1) or 2 (rep2, tp2, pp2) GPUs. Skips (exit 0) without CUDA; exits with the
+service phase's status (3: a layout did not start).
 """
 
 from __future__ import annotations
@@ -15,14 +18,13 @@ import glob
 import json
 import os
 import shutil
-import subprocess
 import sys
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, HERE)
-from engine_gpu import BH, CHECK_NONCES, OUT, PK, ROOT, GpuClockSampler, emit  # noqa: E402
+from poc_serve.testing.engine_checks import BLOCK_HASH as BH, CHECK_NONCES, PUBLIC_KEY as PK
+
+from shared import OUT, GpuClockSampler, add_model_args, emit, load_reference, phase_model, phase_reference, run_phases
 
 LAYOUTS = {
     "tp1": dict(num_engine_replicas=1, engine=dict(tensor_parallel_size=1)),
@@ -116,8 +118,7 @@ def run_service(a) -> None:
 
     from poc_serve.app import build_app
 
-    ref_path = os.path.join(a.model_dir, "reference.pt")
-    ref = torch.load(ref_path) if os.path.exists(ref_path) else None  # no reference phase: no check
+    ref = load_reference(a)  # no reference phase: no check
     ray.init(include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": "127.0.0.1", "port": 8000})
     client = httpx.Client(base_url="http://127.0.0.1:8000/api/v1/pow", timeout=300)
@@ -168,48 +169,25 @@ def summary() -> None:
         print(f"  baseline transformers       seq_len {s:3d}: {v:9.1f}")
 
 
+PHASES = {"model": phase_model, "reference": phase_reference, "service": run_service}
+
+
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--phases", default="model,reference,baseline,engine,service")
-    p.add_argument("--layouts", default="tp1")
-    p.add_argument("--bench-layouts", default="tp1")
-    p.add_argument("--engine-kwargs", default='[{"label": "compiled", "enforce_eager": false}]')
-    p.add_argument("--variants", default='[{"label": "default"}]', help="see engine_gpu.py")
-    p.add_argument("--profile", action="store_true", help="see engine_gpu.py")
-    p.add_argument("--profile-seq-lens", default="64", help="see engine_gpu.py")
-    p.add_argument("--inference", action="store_true", help="see engine_gpu.py")
-    p.add_argument("--memory-search", action="store_true", help="see engine_gpu.py")
-    p.add_argument("--trace-layer-hooks", action="store_true", help="see engine_gpu.py")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_model_args(p)
+    p.add_argument("--phases", default="model,reference,service", help=",".join(PHASES))
+    p.add_argument("--layouts", default="tp1", help=",".join(LAYOUTS))
+    p.add_argument("--bench-layouts", default="tp1", help="layouts whose generation rates are timed")
     p.add_argument("--service-engine", default="{}", help="JSON EngineConfig overrides for every layout")
-    p.add_argument("--model-dir", default="/tmp/poc_qwen3_0.6b")
     p.add_argument("--warmup-s", type=float, default=8)
     p.add_argument("--measure-s", type=float, default=15)
     p.add_argument("--start-timeout-s", type=float, default=480, help="give up on a layout not up by then")
-    p.add_argument("--service-only", action="store_true", help=argparse.SUPPRESS)
     a = p.parse_args()
-    if a.service_only:
-        return run_service(a)
-    import torch
-    if not torch.cuda.is_available():
-        print("SKIP: no CUDA device")
-        return
-    env = dict(os.environ, PYTHONPATH=ROOT + ":" + os.environ.get("PYTHONPATH", ""))
-    engine_phases = [ph for ph in a.phases.split(",") if ph != "service"]
-    if engine_phases:
-        subprocess.run([sys.executable, os.path.join(HERE, "engine_gpu.py"), "--phases", ",".join(engine_phases),
-                        "--model-dir", a.model_dir, "--engine-kwargs", a.engine_kwargs, "--variants", a.variants]
-                       + ["--profile-seq-lens", a.profile_seq_lens] + ["--inference"] * a.inference
-                       + ["--profile"] * a.profile + ["--memory-search"] * a.memory_search
-                       + ["--trace-layer-hooks"] * a.trace_layer_hooks, env=env)
-    service_rc = 0
-    if "service" in a.phases.split(","):
-        service_rc = subprocess.run([sys.executable, __file__, "--service-only", "--layouts", a.layouts,
-                                     "--bench-layouts", a.bench_layouts, "--model-dir", a.model_dir,
-                                     "--warmup-s", str(a.warmup_s), "--measure-s", str(a.measure_s),
-                                     "--start-timeout-s", str(a.start_timeout_s),
-                                     "--service-engine", a.service_engine], env=env).returncode
+    if a.phase:
+        return PHASES[a.phase](a)
+    status = run_phases(__file__, a.phases)
     summary()
-    sys.exit(service_rc)
+    sys.exit(status)
 
 
 if __name__ == "__main__":
