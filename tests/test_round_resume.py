@@ -143,7 +143,7 @@ def test_a_shutdown_sends_what_was_found_and_the_next_replica_goes_on_from_there
         await first.init_generate(_req(r_target=2.0, callback_url=url))
         while first.gen.checked < 100:
             await asyncio.sleep(0.01)
-        await first.shutdown(timeout=5)
+        await first.shutdown(stop_timeout=5, flush_timeout=5)
         shut = list(first.gen.valid_nonces)
         sent_by_first = [n for body in receiver.bodies("/generated") for n in body["nonces"]]
         second = _manager(engine, store)
@@ -202,3 +202,37 @@ def test_a_v2_generation_resumes_after_a_crash_and_every_artifact_reaches_the_re
         bodies = receiver.bodies(URL_PATH.replace("%25", "%") + "/generated")
     sent = [a["nonce"] for body in bodies for a in body["artifacts"]]
     assert sorted(sent) == [1 + 3 * i for i in range(second.generation.total)] and len(sent) == len(set(sent))
+
+
+def test_a_shutdown_abandons_batches_whose_engine_is_gone_and_the_next_replica_computes_them():
+    """Serve stops the engine replicas with the ingress: calls in flight may never answer. The
+    shutdown gives them its stop timeout, then saves them as open; the next replica computes them."""
+    engine = FlakyEngine()
+    gone = asyncio.Event()
+
+    async def compute(round_, nonces):
+        if gone.is_set():
+            await asyncio.Event().wait()  # a replica that never answers
+        return await engine.compute(round_, nonces)
+
+    async def run():
+        store = MemoryStore()
+        first = _manager(engine, store)
+        first._compute = compute
+        await first.init_generate(_req(r_target=2.0))
+        while first.gen.checked < 50:
+            await asyncio.sleep(0.01)
+        gone.set()
+        started = time.monotonic()
+        await first.shutdown(stop_timeout=0.5, flush_timeout=1)
+        took = time.monotonic() - started
+        second = _manager(engine, store)
+        second.resume(second._checkpointer.journal.load())
+        while second.gen.checked < first.gen.checked + 100:
+            await asyncio.sleep(0.01)
+        await second.stop()
+        return took, second
+
+    took, second = asyncio.run(run())
+    assert took < 3
+    assert sorted(second.gen.valid_nonces) == [1 + 2 * i for i in range(second.gen.checked)]

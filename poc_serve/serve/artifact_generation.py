@@ -99,15 +99,18 @@ class ArtifactGeneration:
         if self._metrics:
             self._metrics.record_v2_generating(True)
 
-    async def stop(self, resumable: bool = False) -> None:
+    async def stop(self, resumable: bool = False, timeout: float | None = None) -> None:
         """Let the batches in flight finish (their artifacts count and are sent), then end the loop;
-        ``resumable``: the saved loop goes on after a restart (a shutdown, not the network's stop)."""
+        ``resumable``: the saved loop goes on after a restart (a shutdown, not the network's stop).
+        After ``timeout`` s the batches still in flight are abandoned (they stay open)."""
         if self._task is None:
             return
         self._resumable = resumable
         self._stop.set()
         try:
-            await self._task
+            await asyncio.wait_for(self._task, timeout)
+        except asyncio.TimeoutError:
+            logger.warning("abandoned the PoC v2 batches still in flight after %.0f s", timeout)
         except Exception:  # a bug, not an engine failure (those are retried): stop anyway, say why
             logger.exception("PoC v2 generation loop ended with an error")
         finally:

@@ -145,13 +145,14 @@ class ArtifactService:
             await self.generation.saved()
         return StopAnswer(results=self._results("stopped"), pow_status=PowStatus(status="STOPPED"))
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, stop_timeout: float, flush_timeout: float) -> None:
         """The ingress is going away: the loop stops (its last artifacts are queued), the pending
-        callbacks get ``timeout`` s to reach their receivers, and the loop is saved as running, so
-        that the replica that follows goes on with it (sending what was not delivered)."""
+        callbacks get ``flush_timeout`` s to reach their receivers, and the loop is saved as running,
+        so that the replica that follows goes on with it (sending what was not delivered). Batches
+        in flight get ``stop_timeout`` s (the engines may be going away too)."""
         async with self._lock:
-            await self.generation.stop(resumable=True)
-            await asyncio.gather(self._stream.close(timeout), self._job_sender.close(timeout))
+            await self.generation.stop(resumable=True, timeout=stop_timeout)
+            await asyncio.gather(self._stream.close(flush_timeout), self._job_sender.close(flush_timeout))
             await self.generation.saved()
 
     # ---------------------------------------------------------------- internals

@@ -36,8 +36,10 @@ _ENGINE_PROBE_TIMEOUT_S = 5.0
 # A call that needs the engine waits at most this long to learn whether one is ready.
 _ENGINE_READY_TIMEOUT_S = 2.0
 _ENGINE_RETRY_AFTER_S = 10
-# On a graceful shutdown, found nonces and artifacts get this long to reach their receivers
-# (Serve's graceful_shutdown_timeout_s, 20 s by default, bounds the whole shutdown).
+# On a graceful shutdown the batches in flight get this long to finish (the engine replicas may be
+# going away at the same time), then found nonces and artifacts this long to reach their
+# receivers: within Serve's graceful_shutdown_timeout_s (20 s by default) for the whole shutdown.
+_SHUTDOWN_STOP_S = 4.0
 _SHUTDOWN_FLUSH_S = 10.0
 # A version segment that a proxy in front of the node normally strips, e.g. /v3.0.8/api/v1/pow/status.
 _VERSION_PREFIX = re.compile(r"^/v\d+(\.\d+)*(?=/api/)")
@@ -153,8 +155,8 @@ class PoCIngress:
         """Serve's graceful shutdown of the replica: what was found goes out before it exits.
         Serve calls it after a constructor that raised too, when there is nothing to send."""
         if hasattr(self, "inference"):  # the constructor's last step: everything exists
-            await asyncio.gather(self.manager.shutdown(_SHUTDOWN_FLUSH_S),
-                                 self.artifacts.shutdown(_SHUTDOWN_FLUSH_S))
+            await asyncio.gather(self.manager.shutdown(_SHUTDOWN_STOP_S, _SHUTDOWN_FLUSH_S),
+                                 self.artifacts.shutdown(_SHUTDOWN_STOP_S, _SHUTDOWN_FLUSH_S))
 
     @staticmethod
     def _sender(args: PoCAppArgs, metrics: PoCMetrics, name: str, **policy) -> CallbackSender:

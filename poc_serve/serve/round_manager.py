@@ -138,14 +138,15 @@ class RoundManager:
             self._set_state("STOPPED")
             await self._saved()
 
-    async def shutdown(self, timeout: float) -> None:
+    async def shutdown(self, stop_timeout: float, flush_timeout: float) -> None:
         """The ingress is going away (serve shutdown, SIGTERM of serve run, a redeploy): stop
-        generating (batches in flight finish and count), send what was found within ``timeout``
-        s, and save the round as it stood. A GENERATING round stays GENERATING in the store, so
-        the replica that follows resumes it and sends only what the receiver did not take."""
+        generating (batches in flight get ``stop_timeout`` s: the engines may be going away too),
+        send what was found within ``flush_timeout`` s, and save the round as it stood. A
+        GENERATING round stays GENERATING in the store, so the replica that follows resumes it
+        and sends only what the receiver did not take."""
         async with self._lock:
-            await self._stop_generation()
-            await self._callbacks.close(timeout)
+            await self._stop_generation(stop_timeout)
+            await self._callbacks.close(flush_timeout)
             await self._saved()
 
     # ---------------------------------------------------------------- queries
@@ -233,12 +234,17 @@ class RoundManager:
         self._stop_requested = asyncio.Event()
         self._loop_task = asyncio.create_task(self._generate(req, self._nonces, self.gen, self._stop_requested))
 
-    async def _stop_generation(self) -> None:
-        """Let in-flight batches finish (their nonces count), then send what was found."""
+    async def _stop_generation(self, timeout: float | None = None) -> None:
+        """Let in-flight batches finish (their nonces count), then send what was found. After
+        ``timeout`` s the batches still in flight are abandoned (they stay open in the nonce
+        sequence, so a resumed round computes them)."""
         if self._loop_task is None:
             return
         self._stop_requested.set()
-        await self._loop_task
+        try:
+            await asyncio.wait_for(self._loop_task, timeout)
+        except asyncio.TimeoutError:
+            logger.warning("abandoned the PoC batches still in flight after %.0f s", timeout)
         self._loop_task = None
         if self.gen.generating_since is not None:
             self.gen.generating_seconds += time.monotonic() - self.gen.generating_since
