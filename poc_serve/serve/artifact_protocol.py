@@ -9,13 +9,13 @@ service decides the status code.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from poc_serve.poc.artifacts import DEFAULT_DIST_THRESHOLD, DEFAULT_FRAUD_THRESHOLD, DEFAULT_K_DIM, DEFAULT_P_MISMATCH
+from poc_serve.serve.bounds import Int64, Nonce, PositiveInt64
 
-Nonce = Annotated[int, Field(ge=0, strict=True)]
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
 
@@ -29,18 +29,18 @@ class ArtifactParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="The served model's id, local path or served name.")
-    seq_len: int = Field(ge=1, description="Input sequence length S of every nonce.")
-    # Not bounded here: out of [1, hidden size] is the spec's 409 "params mismatch", not a 422.
-    k_dim: int = Field(DEFAULT_K_DIM, description="Values per artifact (k); the network omits it (12).")
+    seq_len: PositiveInt64 = Field(description="Input sequence length S of every nonce.")
+    # Only int64-bounded: out of [1, hidden size] is the spec's 409 "params mismatch", not a 422.
+    k_dim: Int64 = Field(DEFAULT_K_DIM, description="Values per artifact (k); the network omits it (12).")
 
 
 class _Round(_Lenient):
     block_hash: str = Field(min_length=1, description="Block hash that seeds the inputs, used byte for byte.")
-    block_height: int = Field(description="Height of that block (echoed, never part of a seed).")
+    block_height: Int64 = Field(description="Height of that block (echoed, never part of a seed).")
     public_key: str = Field(min_length=1, description="Public key of the participant whose nonces are computed.")
-    node_id: int = Field(description="The participant's node number.")
-    node_count: int = Field(description="The participant's node count (highest node number + 1).")
-    batch_size: int = Field(32, ge=1, description="Nonces per engine call (a hint).")
+    node_id: Int64 = Field(description="The participant's node number.")
+    node_count: Int64 = Field(description="The participant's node count (highest node number + 1).")
+    batch_size: PositiveInt64 = Field(32, description="Nonces per engine call (a hint).")
     params: ArtifactParams = Field(description="Model, seq_len and k_dim of the artifacts.")
     url: str | None = Field(None, description="Callback base URL, used byte for byte; null: no callbacks.")
     poc_stronger_rng: bool = Field(False, description="Inputs from SHA-256 sub-seeds (spec section 2).")
@@ -49,8 +49,8 @@ class _Round(_Lenient):
 class GenerationInit(_Round):
     """Body of POST init/generate: start the generation loop."""
 
-    group_id: int = Field(0, description="This backend's group among n_groups (the ML node sets it).")
-    n_groups: int = Field(1, description="Groups sharing the node's nonces (the ML node's backends).")
+    group_id: Int64 = Field(0, description="This backend's group among n_groups (the ML node sets it).")
+    n_groups: Int64 = Field(1, description="Groups sharing the node's nonces (the ML node's backends).")
 
     def round_key(self) -> tuple:
         """Every field but batch_size: an equal key makes a repeated init/generate a no-op."""
@@ -70,7 +70,8 @@ class GenerationInit(_Round):
 class Artifact(_Lenient):
     """One nonce's artifact on the wire."""
 
-    nonce: int = Field(description="The nonce.")
+    # Int64, not Nonce: a negative or unknown nonce here is the spec's 400 "must match nonces field".
+    nonce: Int64 = Field(description="The nonce.")
     vector_b64: str = Field(description="k binary16 values, little-endian, standard base64.")
 
 

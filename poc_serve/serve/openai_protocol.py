@@ -10,13 +10,17 @@ Every error under /v1 has OpenAI's shape, streamed or not: ``{"error": {"message
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from poc_serve.serve.bounds import INT64_MAX, Int64
+
 # OpenAI's error types by HTTP status (what its clients map to exception classes).
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "service_unavailable"}
+# A token id the engine can hold (vLLM answers 400 for one beyond the vocabulary).
+TokenId = Annotated[int, Field(ge=0, le=INT64_MAX)]
 
 
 class OpenAIError(Exception):
@@ -44,7 +48,7 @@ class _SamplingFields(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     n: Literal[1] = Field(1, description="Choices per request (only 1 is supported).")
     stop: str | list[str] | None = Field(None, description="Stop strings.")
-    seed: int | None = Field(None, description="Sampling seed.")
+    seed: Int64 | None = Field(None, description="Sampling seed.")
     stream: bool = Field(False, description="Stream the answer as server-sent events.")
     logprobs: None = Field(None, description="Not supported; must be absent or null.")
 
@@ -58,7 +62,7 @@ class _SamplingFields(BaseModel):
 class CompletionRequest(_SamplingFields):
     """Body of POST /v1/completions."""
 
-    prompt: str | list[int] = Field(description="Prompt text, or prompt token ids.")
+    prompt: str | list[TokenId] = Field(description="Prompt text, or prompt token ids.")
 
     @field_validator("prompt")
     @classmethod

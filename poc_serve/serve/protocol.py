@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from poc_serve.poc import Randomization
+from poc_serve.serve.bounds import Int64, Nonce, PositiveInt64
 
 State = Literal["IDLE", "GENERATING", "VALIDATING", "STOPPED"]
 
@@ -18,7 +19,6 @@ MAX_VALIDATION_BATCH = 10_000
 # Legacy booleans of the reference; not part of the round's identity once resolved.
 _LEGACY_FIELDS = frozenset({"use_sign_flips", "use_layer_hooks"})
 
-Nonce = Annotated[int, Field(ge=0, strict=True)]
 # Python's JSON parser accepts NaN; a NaN distance would compare as "valid" against any r_target.
 Distance = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -29,16 +29,16 @@ class PoCInitRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     block_hash: str = Field(min_length=1, description="Hash of the block that seeds the round.")
-    block_height: int = Field(description="Height of that block.")
+    block_height: Int64 = Field(description="Height of that block.")
     public_key: str = Field(min_length=1, description="Public key of the node doing the work.")
     r_target: float = Field(gt=0, le=2, description="A nonce is valid when its distance < r_target.")
     fraud_threshold: float = Field(
         0.01, gt=0, le=1, description="Validation flags fraud when probability_honest < this."
     )
-    node_id: int = Field(-1, description="This node's index among node_count nodes (-1: unset).")
-    node_count: int = Field(-1, description="Number of nodes sharing the nonce space (-1: unset).")
-    batch_size: int = Field(32, ge=1, description="Batch size hint; the service may pick its own.")
-    seq_len: int = Field(256, ge=1, description="Tokens per nonce; must fit the engine's length.")
+    node_id: Int64 = Field(-1, description="This node's index among node_count nodes (-1: unset).")
+    node_count: Int64 = Field(-1, description="Number of nodes sharing the nonce space (-1: unset).")
+    batch_size: PositiveInt64 = Field(32, description="Batch size hint; the service may pick its own.")
+    seq_len: PositiveInt64 = Field(256, description="Tokens per nonce; must fit the engine's length.")
     callback_url: str | None = Field(
         None,
         validation_alias=AliasChoices("callback_url", "url"),
@@ -103,10 +103,10 @@ class ProofBatch(BaseModel):
 
     public_key: str = Field(min_length=1, description="Public key the nonces were computed for.")
     block_hash: str = Field(min_length=1, description="Block hash the nonces were computed for.")
-    block_height: int = Field(description="Height of that block.")
+    block_height: Int64 = Field(description="Height of that block.")
     nonces: list[Nonce] = Field(description="Nonces (non-negative integers), paired with dist.")
     dist: list[Distance] = Field(description="Distance of each nonce, same order as nonces.")
-    node_id: int | None = Field(None, description="Reporting node's index (informational).")
+    node_id: Int64 | None = Field(None, description="Reporting node's index (informational).")
     r_target: float | None = Field(
         None, description="Threshold the nonces were found under (carried by /generated)."
     )
