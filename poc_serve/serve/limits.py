@@ -2,12 +2,13 @@
 is not JSON the network sends (docs/reliability.md, "Bad input").
 
 FastAPI reads bodies with Python's json module, which takes NaN and Infinity literals and turns
-1e400 into inf; a non-finite value echoed in a 422 then failed to render (500), and a lone
-surrogate escape (\\ud800) failed to encode as UTF-8 the same way. Deep nesting ends in a
-RecursionError, and a body of any size is read whole into memory. This middleware answers all of
-these with a 4xx naming the problem: 413 over :data:`MAX_BODY_BYTES`, else 400, in OpenAI's error
-shape under /v1 and as ``{"detail": ...}`` elsewhere. Anything else (JSON syntax errors, wrong
-fields) is left to FastAPI and the request models.
+1e400 into inf: a non-finite value echoed in the PoC APIs' 422 then failed to render (500), and a
+lone surrogate escape (\\ud800) failed to encode as UTF-8 the same way. Non-UTF-8 bytes, integers
+of thousands of digits and nesting past Python's recursion limit got a bare 400 "There was an
+error parsing the body", and a body of any size was read whole into memory. This middleware
+answers all of these with a 4xx naming the problem: 413 over :data:`MAX_BODY_BYTES`, else 400,
+in OpenAI's error shape under /v1 and as ``{"detail": ...}`` elsewhere. Anything else (JSON
+syntax errors, wrong fields) is left to FastAPI and the request models.
 """
 
 from __future__ import annotations
@@ -74,7 +75,8 @@ def body_problem(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> str | None:
         try:
             json.dumps(value, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
-            return f"a string holds a lone surrogate escape (\\u{ord(exc.object[exc.start]):04x}): it is not valid Unicode"
+            escape = f"\\u{ord(exc.object[exc.start]):04x}"
+            return f"a string holds a lone surrogate escape ({escape}): it is not valid Unicode"
     return None
 
 
