@@ -3,6 +3,7 @@ a real callback receiver. One application serves the module; it is restarted onc
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -131,6 +132,32 @@ def test_inference_when_idle_streamed_and_not(client):
     assert stream[0].object == "chat.completion.chunk" and stream[-1].choices[0].finish_reason is not None
 
 
+def test_concurrent_streams_are_admitted_together(client):
+    """Past the old cap of 4 requests per replica: 24 streamed completions at once over two
+    replicas each get their first token before any of them finishes, so the engines scheduled
+    them side by side rather than queueing them in Serve."""
+    base = str(client.base_url).rstrip("/").removesuffix("/api/v1/pow")
+    body = {"model": "poc-tiny-qwen3", "prompt": "Once upon a time", "max_tokens": 48, "temperature": 0,
+            "stream": True}
+
+    async def one(http: httpx.AsyncClient) -> tuple[float, float]:
+        first = None
+        async with http.stream("POST", f"{base}/v1/completions", json=body) as answer:
+            assert answer.status_code == 200
+            async for line in answer.aiter_lines():
+                if line.startswith("data: {") and first is None:
+                    first = time.monotonic()
+        return first, time.monotonic()
+
+    async def run() -> list[tuple[float, float]]:
+        async with httpx.AsyncClient(timeout=300) as http:
+            return await asyncio.gather(*(one(http) for _ in range(24)))
+
+    times = asyncio.run(run())
+    assert all(first is not None for first, _ in times)
+    assert max(first for first, _ in times) < min(end for _, end in times)
+
+
 @pytest.mark.parametrize("path,body,code", [
     ("/v1/completions", {"model": "poc-tiny-qwen3"}, 400),
     ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": "x", "max_tokens": -1}, 400),
@@ -232,6 +259,126 @@ def test_two_replicas_check_the_node_sequence_once(client):
     page = client.get("/status", params={"offset": 5, "limit": 3}).json()
     assert page["valid_nonces"] == st["valid_nonces"][5:8] and page["valid_distances"] == st["valid_distances"][5:8]
     assert client.get("/status", params={"offset": -1}).status_code == 422
+
+
+def _replica_actors(deployment: str) -> dict:
+    """A deployment's live replica actors by name (Serve names them
+    SERVE_REPLICA::<app>#<deployment>#<id>; a dead actor's name is gone)."""
+    named = [a for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"]]
+    return {a["name"]: ray.get_actor(a["name"], namespace=a["namespace"]) for a in named}
+
+
+def _delivered(receiver, block_hash: str) -> list[int]:
+    return [n for b in receiver.bodies("/generated") if b["block_hash"] == block_hash for n in b["nonces"]]
+
+
+def _stop_and_check_every_nonce_once(client, receiver, block_hash: str) -> dict:
+    """Stop a round of r_target 2 (every nonce valid) on node 0 of 1: the valid nonces are the
+    sequence with none skipped or repeated, and the receiver has each of them exactly once."""
+    final = _post(client, "/stop")["pow_status"]
+    checked, valid = final["total_checked"], final["valid_nonces"]
+    assert sorted(valid) == list(range(checked))
+    deadline = time.time() + 30
+    while len(_delivered(receiver, block_hash)) < len(valid) and time.time() < deadline:
+        time.sleep(0.2)
+    got = _delivered(receiver, block_hash)
+    assert sorted(got) == sorted(valid) and len(got) == len(set(got))
+    return final
+
+
+def test_a_round_survives_its_ingress_replica_being_killed(client, receiver):
+    """The ingress replica dies mid-round (as a crash or an OOM kill would): the replica Serve
+    starts next resumes the round from its GCS checkpoint, generating on where the nonce
+    sequence stood; every valid nonce reaches the receiver exactly once."""
+    body = {**ROUND, "r_target": 2.0, "node_id": 0, "node_count": 1, "block_hash": "kill_block", "url": receiver.url}
+    _post(client, "/init/generate", body)
+    before = _wait_checked(client, 100)["total_checked"]
+    deadline = time.time() + 60
+    while not _delivered(receiver, "kill_block") and time.time() < deadline:
+        time.sleep(0.1)
+    # Killed between two callbacks (1 s apart): a kill in the milliseconds between a receiver's
+    # 200 and the checkpoint of that delivery would send that callback again (docs/reliability.md).
+    time.sleep(0.3)
+    [ingress] = _replica_actors("PoCIngress").values()
+    ray.kill(ingress, no_restart=True)
+    killed = time.time()
+    resumed = None
+    while time.time() < killed + 120:
+        try:
+            st = client.get("/status", params={"nonces": "false"}, timeout=5).json()
+            if st["state"] == "GENERATING" and st["total_checked"] > before:
+                resumed = time.time() - killed
+                break
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        time.sleep(0.2)
+    assert resumed is not None, "the round did not resume after the ingress replica was killed"
+    print(f"ingress killed: the new replica answered GENERATING, counting on, {resumed:.1f} s later")
+    _wait_checked(client, st["total_checked"] + 100)
+    _stop_and_check_every_nonce_once(client, receiver, "kill_block")
+
+
+def _kill_engine(part: str) -> str:
+    """Kill one engine replica's actor, or the vLLM engine-core process under it; returns the
+    replica's actor name."""
+    name, replica = sorted(_replica_actors("PoCEngineDeployment").items())[0]
+    if part == "replica actor":
+        ray.kill(replica, no_restart=True)
+        return name
+    import os
+
+    import psutil
+
+    pid = ray.get(replica.__ray_call__.remote(lambda _: os.getpid()))
+    cores = [p for p in psutil.Process(pid).children(recursive=True) if "EngineCore" in " ".join(p.cmdline())]
+    assert cores, "no vLLM engine-core process under the replica"
+    cores[0].kill()
+    return name
+
+
+@pytest.mark.parametrize("part", ["replica actor", "engine-core process"])
+def test_generation_goes_on_when_an_engine_replica_dies(client, receiver, part):
+    """One of the two engine replicas dies mid-round (its Ray actor, or the vLLM engine-core
+    process it drives): its batches fail and are computed again on the other, Serve replaces it,
+    and the round loses and repeats no nonce."""
+    block = f"engine_kill_{part.split()[0]}"
+    body = {**ROUND, "r_target": 2.0, "node_id": 0, "node_count": 1, "block_hash": block, "url": receiver.url}
+    _post(client, "/init/generate", body)
+    before = _wait_checked(client, 100)["total_checked"]
+    dead = _kill_engine(part)
+    killed = time.time()
+    _wait_checked(client, before + 200)
+    print(f"engine {part} killed: 200 more nonces checked {time.time() - killed:.1f} s later")
+    _stop_and_check_every_nonce_once(client, receiver, block)
+    deadline = time.time() + 300  # the replacement starts (a vLLM engine: a minute or two on CPU)
+    while time.time() < deadline:
+        engines = serve.status().applications["poc"].deployments["PoCEngineDeployment"]
+        replaced = dead not in _replica_actors("PoCEngineDeployment")
+        if replaced and engines.status == "HEALTHY" and engines.replica_states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(1)
+    assert replaced and engines.status == "HEALTHY", engines
+    print(f"engine {part} killed: two replicas RUNNING again {time.time() - killed:.1f} s later")
+
+
+def test_a_graceful_shutdown_sends_what_was_found_and_a_redeploy_resumes_the_round(client, receiver):
+    """`serve delete` (as `serve shutdown`, SIGTERM of `serve run` or a redeploy) mid-round: the
+    ingress sends the valid nonces found before it exits and saves the round; the redeployed app
+    goes on generating it and sends only what is new."""
+    from poc_serve.serve.round_store import RayKVStore, RoundJournal
+
+    body = {**ROUND, "r_target": 2.0, "node_id": 0, "node_count": 1, "block_hash": "shutdown", "url": receiver.url}
+    _post(client, "/init/generate", body)
+    _wait_checked(client, 100)
+    serve.delete("poc")
+    saved = RoundJournal(RayKVStore(), "poc/v1-round").load()
+    assert saved.head["state"] == "GENERATING" and saved.head["settled"] == saved.head["valid"] > 0
+    assert sorted(_delivered(receiver, "shutdown")) == sorted(saved.valid_nonces)
+    _deploy()
+    st = client.get("/status", params={"nonces": "false"}).json()
+    assert st["state"] == "GENERATING" and st["total_checked"] >= saved.head["checked"]
+    _wait_checked(client, saved.head["checked"] + 100)
+    _stop_and_check_every_nonce_once(client, receiver, "shutdown")
 
 
 V2_ROUND = dict(block_hash="v2_block", block_height=11, public_key="v2_key",
