@@ -5,7 +5,8 @@ The application pins its replicas by custom resources: the engine to the worker 
 A round runs over HTTP; then the worker node is killed (every process of it at once, like a
 machine that dies), the round's found nonces stay in the ingress on the head and generation
 pauses; a new worker node with the same resources joins, Serve starts the engine replica there
-and generation resumes with no nonce lost or computed twice.
+and generation resumes with no nonce lost or computed twice. A v2 generation and a v2 job follow;
+then every metric of the Grafana dashboard is on the nodes' /metrics.
 
 The cluster is this test's own: its own temp dir (so `ray.init()` elsewhere never finds it),
 free ports, and teardown kills only the process trees it started (never `ray stop`, which would
@@ -36,6 +37,7 @@ from poc_serve.app import build_app
 from poc_serve.poc import r_target_for
 from poc_serve.serve.metrics import EXPORTED_NAMES
 from tests.net import free_port
+from tests.receiver import CallbackReceiver
 from tests.test_deploy import grafana_metric_names, load_grafana_dashboard
 
 REPO = Path(__file__).resolve().parent.parent
@@ -50,6 +52,13 @@ APP_ARGS = dict(
     callback_interval_s=1.0, log_interval_s=1.0,
 )
 ENGINE, INGRESS = "PoCEngineDeployment", "PoCIngress"
+V2_ROUND = dict(block_hash="multinode_block", block_height=11, public_key="multinode_key", node_id=0, node_count=1,
+                params={"model": "poc-tiny-qwen3", "seq_len": 32})
+V1_GENERATION_METRICS = {"ray_poc_nonces_checked_total", "ray_poc_valid_nonces_total", "ray_poc_rate_nonces_per_second",
+                         "ray_poc_round_state"}
+# Dashboard series that only a fault this test does not cause creates (a non-finite artifact, a
+# callback given up); tests/test_prometheus.py causes them.
+ONLY_AFTER_OTHER_FAULTS = {"ray_poc_v2_nonfinite_nonces_total", "ray_poc_callback_items_dropped_total"}
 
 
 
@@ -114,7 +123,8 @@ class RayNode:
         self.proc.wait(timeout=30)
 
 
-def _wait(what: str, predicate, timeout: float, interval: float = 1.0):
+def wait_until(what: str, predicate, timeout: float, interval: float = 1.0):
+    """The predicate's first truthy value, polled every ``interval`` s; AssertionError after ``timeout`` s."""
     deadline = time.time() + timeout
     while True:
         value = predicate()
@@ -157,9 +167,9 @@ def cluster(request):
             "--head", f"--port={gcs_port}", '--resources={"head": 1}', "--include-dashboard=true",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
             f"--ray-client-server-port={free_port()}"], temp_dir, env))
-        _wait("the head's GCS", lambda: _connect(gcs), 120)
+        wait_until("the head's GCS", lambda: _connect(gcs), 120)
         nodes.append(RayNode("worker1", [f"--address={gcs}", '--resources={"poc_worker": 1}'], temp_dir, env))
-        _wait("the worker node", lambda: len(_alive_nodes()) == 2, 120)
+        wait_until("the worker node", lambda: len(_alive_nodes()) == 2, 120)
         serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": http_port})
         serve.run(build_app(APP_ARGS), name="poc", route_prefix="/")
         yield state
@@ -226,21 +236,24 @@ def test_engine_on_worker_node_ingress_on_head_and_nonces_survive_the_worker(clu
     root = f"http://127.0.0.1:{cluster['http_port']}"
     assert httpx.get(f"{root}/docs", timeout=30).status_code == 200  # the OpenAPI page, via the head's proxy
     assert "/api/v1/pow/status" in httpx.get(f"{root}/openapi.json", timeout=30).json()["paths"]
-    with httpx.Client(base_url=f"{root}/api/v1/pow", timeout=120) as client:
+    with httpx.Client(base_url=f"{root}/api/v1/pow", timeout=120) as client, CallbackReceiver() as receiver:
         assert client.post("/init/generate", json={**ROUND, "r_target": 0}).status_code == 422
-        r = client.post("/init/generate", json=ROUND)
+        receiver.fail_next(1)  # one failed callback POST, retried
+        r = client.post("/init/generate", json={**ROUND, "callback_url": receiver.url})
         assert r.status_code == 200 and r.json()["pow_status"]["state"] == "GENERATING", r.text
-        before = _wait("20 valid nonces", lambda: (s := _status(client))["total_valid"] >= 20 and s, 300)
+        before = wait_until("20 valid nonces", lambda: (s := _status(client))["total_valid"] >= 20 and s, 300)
 
         # The custom metrics reach Prometheus under the names the Grafana dashboard uses.
-        generation = {n for n in EXPORTED_NAMES if "validat" not in n}  # the others come with /validate
-        _wait("the generation metrics on the nodes' /metrics", lambda: _metrics_present(cluster, generation),
+        r = httpx.post(f"{root}/v1/completions", json={"model": "poc-tiny-qwen3", "prompt": "hi"}, timeout=60)
+        assert r.status_code == 503, r.text  # counted as inference rejected while PoC runs
+        wait_until("the generation metrics on the nodes' /metrics",
+                   lambda: _metrics_present(cluster, V1_GENERATION_METRICS),
               120, interval=3)
 
         # The worker node dies: its engine replica with it.
         cluster["nodes"][1].kill()
-        _wait("the worker node to be marked dead", lambda: worker1 not in _alive_nodes(), 120)
-        paused = _wait("generation to stall", lambda: _stalled(client), 120)
+        wait_until("the worker node to be marked dead", lambda: worker1 not in _alive_nodes(), 120)
+        paused = wait_until("generation to stall", lambda: _stalled(client), 120)
         assert paused["state"] == "GENERATING"
         assert paused["valid_nonces"][:len(before["valid_nonces"])] == before["valid_nonces"]
         assert paused["total_checked"] >= before["total_checked"]
@@ -248,7 +261,7 @@ def test_engine_on_worker_node_ingress_on_head_and_nonces_survive_the_worker(clu
         # A new worker node with the same resources: Serve starts the engine replica there.
         cluster["nodes"].append(RayNode("worker2", [f"--address={gcs}", '--resources={"poc_worker": 1}'],
                                         cluster["temp_dir"], cluster["env"]))
-        resumed = _wait("generation to resume on the new worker node",
+        resumed = wait_until("generation to resume on the new worker node",
                         lambda: (s := _status(client))["total_checked"] > paused["total_checked"] + 200 and s,
                         360, interval=2)
         worker2 = next(i for i, n in _alive_nodes().items() if n["Resources"].get("poc_worker"))
@@ -274,15 +287,32 @@ def test_engine_on_worker_node_ingress_on_head_and_nonces_survive_the_worker(clu
         assert r.status_code == 200, r.text
         assert r.json()["fraud_detected"] is False and r.json()["n_invalid"] == 0
         assert r.json()["dist"] == pytest.approx(proof["dist"], abs=1e-5)
+        _v2_generation_and_job(f"{root}/api/v1/inference/pow", receiver.url)
 
-    # Every metric of the Grafana dashboard exists, with the application's label (GPU ones aside).
-    wanted = {n for n in grafana_metric_names(load_grafana_dashboard()) if not n.startswith("ray_node_gpu")
-              and not n.startswith("ray_node_gram")}
-    assert set(EXPORTED_NAMES) <= wanted
-    _wait("every dashboard metric on the nodes' /metrics", lambda: _metrics_present(cluster, wanted), 120, interval=3)
+    # Every metric of the Grafana dashboard exists, with the application's label (GPU ones and
+    # those of faults that this test does not cause aside).
+    dashboard = grafana_metric_names(load_grafana_dashboard())
+    assert set(EXPORTED_NAMES) <= dashboard
+    wanted = {n for n in dashboard if not n.startswith(("ray_node_gpu", "ray_node_gram"))} - ONLY_AFTER_OTHER_FAULTS
+    wait_until("every dashboard metric on the nodes' /metrics", lambda: _metrics_present(cluster, wanted), 120, interval=3)
     text = _scrape_metrics(cluster)
     assert re.search(r'^ray_poc_nonces_checked_total\{[^}]*application="poc"', text, re.M)
     assert re.search(r'^ray_poc_validations_total\{[^}]*verdict="honest"', text, re.M)
+    assert re.search(r'^ray_poc_engine_calls_failed_total\{[^}]*method="compute"', text, re.M)  # the dead worker's
+
+
+def _v2_generation_and_job(v2: str, url: str) -> None:
+    """A v2 generation (its artifacts to ``url``) until some artifacts are computed, then a queued job."""
+    with httpx.Client(base_url=v2, timeout=120) as client:
+        r = client.post("/init/generate", json={**V2_ROUND, "url": url})
+        assert r.status_code == 200, r.text
+        wait_until("v2 artifacts", lambda: client.get("/status").json()["backends"][0]["stats"]["total_processed"] >= 64,
+                   120)
+        assert client.post("/stop").status_code == 200
+        queued = client.post("/generate", json={**V2_ROUND, "nonces": [0, 1, 2]}).json()
+        assert queued["status"] == "queued", queued
+        wait_until("the v2 job", lambda: client.get(f"/generate/{queued['request_id']}").json()["status"] == "completed",
+                   120)
 
 
 def _stalled(client: httpx.Client, quiet_s: float = 8.0) -> dict | None:
