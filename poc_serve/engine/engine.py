@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult, PoCRound
@@ -147,18 +147,24 @@ class PoCEngine:
         """Distances of ``nonces`` for ``round``, in fixed-size forwards of at most
         ``poc_forwards_per_call`` per worker call."""
         self.check_seq_len(round.seq_len)
-        forward = self.config.poc_forward_size(round.seq_len)
-        call = self.call_size(round.seq_len)
         distances: list[float] = []
         hidden: list[list[float]] = []
-        for start in range(0, len(nonces), call):
-            chunk = nonces[start:start + call]
-            padded = chunk + [chunk[-1]] * (-len(chunk) % forward)
+        for chunk, padded, forward in self._worker_calls(nonces, round.seq_len):
             out = await self._call(round, padded, forward, return_hidden)
             distances += out["distances"][:len(chunk)]
             if return_hidden:
                 hidden += out["hidden"][:len(chunk)]
         return PoCBatchResult(nonces=list(nonces), distances=distances, hidden=hidden if return_hidden else None)
+
+    def _worker_calls(self, nonces: list[int], seq_len: int) -> Iterator[tuple[list[int], list[int], int]]:
+        """The worker calls that compute ``nonces``: (chunk, the chunk padded to whole forwards by
+        repeating its last nonce, nonces per forward). Every forward has the configured shape, so
+        a nonce's result never depends on the request it came in (batch independence)."""
+        forward = self.config.poc_forward_size(seq_len)
+        call = self.call_size(seq_len)
+        for start in range(0, len(nonces), call):
+            chunk = nonces[start:start + call]
+            yield chunk, chunk + [chunk[-1]] * (-len(chunk) % forward), forward
 
     async def _call(self, round: PoCRound, nonces: list[int], forward_size: int, return_hidden: bool) -> dict:
         return await self._rpc("poc_compute", dict(
@@ -175,12 +181,8 @@ class PoCEngine:
         if not 1 <= round.k_dim <= self.hidden_size:
             raise ValueError(f"k_dim must be between 1 and the model's hidden size ({self.hidden_size}), "
                              f"got {round.k_dim}")
-        forward = self.config.poc_forward_size(round.seq_len)
-        call = self.call_size(round.seq_len)
         artifacts: list[str | None] = []
-        for start in range(0, len(nonces), call):
-            chunk = nonces[start:start + call]
-            padded = chunk + [chunk[-1]] * (-len(chunk) % forward)
+        for chunk, padded, forward in self._worker_calls(nonces, round.seq_len):
             kwargs = dict(block_hash=round.block_hash, public_key=round.public_key, seq_len=round.seq_len,
                           nonces=padded, forward_size=forward, k_dim=round.k_dim, stronger_rng=round.stronger_rng)
             out = (await self._rpc("poc_artifacts", kwargs))["artifacts"][:len(chunk)]
