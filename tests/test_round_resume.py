@@ -236,3 +236,63 @@ def test_a_shutdown_abandons_batches_whose_engine_is_gone_and_the_next_replica_c
     took, second = asyncio.run(run())
     assert took < 3
     assert sorted(second.gen.valid_nonces) == [1 + 2 * i for i in range(second.gen.checked)]
+
+
+def test_accepted_v2_jobs_run_after_a_crash_under_their_ids():
+    """A queued job is saved before it is answered; the replica after a crash runs the jobs not
+    done with (queued, running, or their result not delivered) and sends their results."""
+    from poc_serve.serve.round_store import JobJournal
+    from tests.test_v2_service import URL_PATH, StandInEngine, gen_request, wired
+
+    store = MemoryStore()
+
+    def service(engine):
+        return wired(engine, lambda: "IDLE", job_journal=JobJournal(store, "app/v2-jobs"))[0]
+
+    async def run(url):
+        engine = StandInEngine(delay=0.05)
+        first = service(engine)
+        ids = [(await first.generate(gen_request(range(10 * i, 10 * i + 10), url=url)))["request_id"]
+               for i in range(3)]
+        await asyncio.sleep(0.02)
+        first.jobs._worker.cancel()  # the crash: nothing finishes, nothing is sent
+        await asyncio.sleep(0)
+        second = service(engine)
+        assert second.jobs.resume() == 3
+        deadline = time.monotonic() + 10
+        while any(second.job_state(i)["status"] != "completed" for i in ids) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert await second._job_sender.flush(10)
+        await asyncio.sleep(0.1)  # the journal's removals run in a thread
+        return ids, second
+
+    with CallbackReceiver() as receiver:
+        ids, second = asyncio.run(run(receiver.url + URL_PATH))
+        bodies = receiver.bodies(URL_PATH.replace("%25", "%") + "/generated")
+    assert sorted(b["request_id"] for b in bodies) == sorted(ids)
+    assert all(len(b["artifacts"]) == 10 for b in bodies)
+    assert JobJournal(store, "app/v2-jobs").load() == []  # delivered: nothing left to resume
+
+
+def test_a_v2_job_that_cannot_be_saved_is_refused_not_lost():
+    from poc_serve.serve.generation import RoundError
+    from poc_serve.serve.round_store import JobJournal
+    from tests.test_v2_service import StandInEngine, gen_request, wired
+
+    store = MemoryStore()
+
+    def unavailable(key, value):
+        raise ConnectionError("GCS unavailable")
+
+    store.put = unavailable
+    svc = wired(StandInEngine(), lambda: "IDLE", job_journal=JobJournal(store, "app/v2-jobs"))[0]
+
+    async def run():
+        try:
+            await svc.generate(gen_request([1, 2]))
+        except RoundError as exc:
+            return exc
+
+    error = asyncio.run(run())
+    assert error.status_code == 503 and "could not be saved" in error.detail
+    assert svc.jobs.counts() == {"queued": 0, "running": 0, "completed": 0, "failed": 0}

@@ -1,6 +1,7 @@
 """The queue of PoC v2 generate jobs (``wait`` false, poc-v2.md sections 4 and 4.1): FIFO, one at a
 time and only while no generation loop runs, bounded by the nonces it holds, results kept for a
-while after a job ends.
+while after a job ends. With a journal an accepted job is saved before it is answered and kept
+until it is done with, so the replica after this one runs it again (results are deterministic).
 
 Knows nothing of HTTP, Ray or what a job computes: ``run`` is an injected coroutine.
 """
@@ -17,6 +18,7 @@ from typing import Any, Awaitable, Callable
 
 from poc_serve.serve.artifact_protocol import GenerateRequest, JobStatus
 from poc_serve.serve.generation import RoundError, logger
+from poc_serve.serve.round_store import JobJournal
 
 MAX_QUEUED_NONCES = 100_000
 RESULT_KEEP_S = 300.0
@@ -56,12 +58,13 @@ class JobQueue:
 
     def __init__(self, run: Callable[[GenerateRequest, str], Awaitable[dict[str, Any]]], may_run: Callable[[], bool],
                  on_done: Callable[[Job], None], max_queued_nonces: int = MAX_QUEUED_NONCES,
-                 keep_s: float = RESULT_KEEP_S):
+                 keep_s: float = RESULT_KEEP_S, journal: JobJournal | None = None):
         self._run = run
         self._may_run = may_run
         self._on_done = on_done
         self._max_queued_nonces = max_queued_nonces
         self._keep_s = keep_s
+        self._journal = journal
         self._queue: deque[Job] = deque()
         self._jobs: dict[str, Job] = {}
         self._worker: asyncio.Task | None = None
@@ -79,12 +82,34 @@ class JobQueue:
             counts[job.status] = counts.get(job.status, 0) + 1
         return counts
 
-    def submit(self, request: GenerateRequest) -> Job:
-        """Queue a job; 429 when its nonces do not fit under the limit."""
+    async def submit(self, request: GenerateRequest) -> Job:
+        """Queue a job, saved first; 429 when its nonces do not fit under the limit."""
         queued = self.queued_nonces
         if queued + len(request.nonces) > self._max_queued_nonces:
             raise RoundError(429, f"Queue full: {queued} nonces queued, limit is {self._max_queued_nonces}")
         job = Job(request)
+        if self._journal:
+            try:
+                await asyncio.to_thread(self._journal.add, job.request_id, request.model_dump_json().encode())
+            except Exception as exc:  # not accepted: nothing may be lost that was answered "queued"
+                raise RoundError(503, f"the job could not be saved ({type(exc).__name__}: {exc}); retry") from exc
+        self._enqueue(job)
+        return job
+
+    def resume(self) -> int:
+        """Queue again the jobs a replica before this one accepted and did not finish with, under
+        their request ids; returns how many. Call on the event loop, before any request."""
+        saved = self._journal.load() if self._journal else []
+        for request_id, request in saved:
+            self._enqueue(Job(GenerateRequest.model_validate_json(request), request_id))
+        return len(saved)
+
+    def done_with(self, job: Job) -> None:
+        """The job needs no resume any more (its result is delivered, or there is none to send)."""
+        if self._journal:
+            asyncio.get_running_loop().run_in_executor(None, self._journal.remove, job.request_id)
+
+    def _enqueue(self, job: Job) -> None:
         self._forget_expired()
         self._jobs[job.request_id] = job
         self._queue.append(job)
@@ -108,6 +133,8 @@ class JobQueue:
                 pass
         self._queue.clear()
         self._jobs.clear()
+        if self._journal:
+            await asyncio.to_thread(self._journal.clear)
 
     def _forget_expired(self) -> None:
         now = time.monotonic()

@@ -24,7 +24,7 @@ from poc_serve.serve.artifact_protocol import (
 from poc_serve.serve.callbacks import GENERATED, VALIDATED, CallbackSender
 from poc_serve.serve.generation import BatchFailed, RoundError, drive_batches
 from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.round_store import RoundJournal
+from poc_serve.serve.round_store import JobJournal, RoundJournal
 
 # Engine replicas have no port of their own; the spec's JSON needs an int (docs/v2.md).
 PORT = 0
@@ -49,7 +49,7 @@ class ArtifactService:
                  metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
                  call_timeout_s: float = WAIT_TIMEOUT_S, p_value_threshold_as_fraud_threshold: bool = False,
                  max_queued_nonces: int = MAX_QUEUED_NONCES, result_keep_s: float = RESULT_KEEP_S,
-                 journal: RoundJournal | None = None):
+                 journal: RoundJournal | None = None, job_journal: JobJournal | None = None):
         self._compute = compute
         self._model_info = model_info
         self._batch_size = batch_size
@@ -64,7 +64,8 @@ class ArtifactService:
         self._p_value_threshold_as_fraud = p_value_threshold_as_fraud_threshold
         self.generation = ArtifactGeneration(compute, batch_size, batches_in_flight, stream, metrics,
                                              callback_interval_s, log_interval_s, call_timeout_s, journal)
-        self.jobs = JobQueue(self._run_job, jobs_may_run, self._job_done, max_queued_nonces, result_keep_s)
+        self.jobs = JobQueue(self._run_job, jobs_may_run, self._job_done, max_queued_nonces, result_keep_s,
+                             job_journal)
         self.nonfinite_in_jobs = 0
         self._deployed: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
@@ -97,7 +98,7 @@ class ArtifactService:
             raise RoundError(400, error)
         await self._check_params(body.params)
         if not body.wait:
-            job = self.jobs.submit(body)
+            job = await self.jobs.submit(body)
             self._record_queue()
             return QueuedAnswer(request_id=job.request_id, queued_count=len(body.nonces)).model_dump()
         deadline = time.monotonic() + self._call_timeout_s
@@ -216,13 +217,15 @@ class ArtifactService:
             self._metrics.record_job(kind, job.status)
         self._record_queue()
         if job.status != "completed" or not req.url:
+            self.jobs.done_with(job)
             return
         echo = dict(request_id=job.request_id, block_hash=req.block_hash, block_height=req.block_height,
                     public_key=req.public_key, node_id=req.node_id)
         keys = ("artifacts", "encoding") if kind == "generate" else (
             "n_total", "n_mismatch", "mismatch_nonces", "p_value", "fraud_detected")
         self._job_sender.enqueue_whole(GENERATED if kind == "generate" else VALIDATED,
-                                       {**echo, **{key: job.result[key] for key in keys}}, req.url)
+                                       {**echo, **{key: job.result[key] for key in keys}}, req.url,
+                                       on_settled=lambda: self.jobs.done_with(job))
 
     def _record_queue(self) -> None:
         if self._metrics:

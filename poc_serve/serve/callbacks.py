@@ -185,11 +185,12 @@ class CallbackSender:
         """Queue a ValidatedBatch dict for `{base_url}/validated`."""
         self.enqueue_whole(VALIDATED, batch, base_url)
 
-    def enqueue_whole(self, kind: str, body: dict[str, Any], base_url: str | None = None) -> None:
+    def enqueue_whole(self, kind: str, body: dict[str, Any], base_url: str | None = None,
+                      on_settled: Callable[[], None] | None = None) -> None:
         """Queue a callback for `{base_url}/{kind}` that is sent as it is, never merged nor cut
-        (a v1 /validated batch, a v2 job's result)."""
+        (a v1 /validated batch, a v2 job's result); ``on_settled`` as for :meth:`enqueue_generated`."""
         self.start()
-        self._queue.append(_Item(self._url(base_url, kind), kind, dict(body)))
+        self._queue.append(_Item(self._url(base_url, kind), kind, dict(body), (), [on_settled] if on_settled else []))
         self._notify()
 
     async def flush(self, timeout: float | None = None) -> bool:

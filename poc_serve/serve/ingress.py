@@ -29,7 +29,7 @@ from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionReq
 from poc_serve.serve.policies import V1_API, V2_API, EnginePolicies
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
 from poc_serve.serve.round_manager import RoundError, RoundManager
-from poc_serve.serve.round_store import RayKVStore, RoundJournal
+from poc_serve.serve.round_store import JobJournal, RayKVStore, RoundJournal
 
 API_PREFIX = V1_API
 _ENGINE_PROBE_TIMEOUT_S = 5.0
@@ -116,11 +116,12 @@ class PoCIngress:
         engine_config = args.engine
         self._metrics = metrics = PoCMetrics()
         in_flight = args.num_engine_replicas * args.batches_in_flight_per_replica
-        # The v1 round and the v2 generation loop are checkpointed in the GCS under the app's name:
-        # the replica Serve starts after this one dies resumes them (docs/design.md).
+        # The v1 round, the v2 generation loop and the v2 jobs are checkpointed in the GCS under the
+        # app's name: the replica Serve starts after this one dies resumes them (docs/design.md).
         app_name = serve.get_replica_context().app_name
-        journal = RoundJournal(RayKVStore(), f"{app_name}/v1-round")
+        v1_journal = RoundJournal(RayKVStore(), f"{app_name}/v1-round")
         v2_journal = RoundJournal(RayKVStore(), f"{app_name}/v2-generation")
+        job_journal = JobJournal(RayKVStore(), f"{app_name}/v2-jobs")
         self.policies = EnginePolicies(v1_state=lambda: self.manager.state,
                                        v2_generating=lambda: self.artifacts.generation.running,
                                        allow_inference_during_validation=args.allow_inference_during_validation)
@@ -129,7 +130,7 @@ class PoCIngress:
             max_seq_len=engine_config.max_model_len, batches_in_flight=in_flight,
             callbacks=self._sender(args, metrics, "v1"), metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
-            generation_conflict=self.policies.v1_generation_conflict, journal=journal)
+            generation_conflict=self.policies.v1_generation_conflict, journal=v1_journal)
         # v2's senders follow spec 4.2: 10 attempts, a 4xx other than 408/429 is final.
         v2_sender = dict(max_attempts=10, retry_client_errors=False)
         self.artifacts = ArtifactService(
@@ -140,16 +141,18 @@ class PoCIngress:
             generation_conflict=self.policies.v2_generation_conflict, jobs_may_run=self.policies.jobs_may_run,
             served_model_name=args.served_model_name, metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
-            p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold, journal=v2_journal)
+            p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold,
+            journal=v2_journal, job_journal=job_journal)
         self.inference = InferenceService(
             generate=lambda request: self._engine.options(stream=True).generate.remote(request),
             model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
             retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable,
             metrics=metrics)
-        for checkpoint, resume in ((journal.load(), self.manager.resume),
+        for checkpoint, resume in ((v1_journal.load(), self.manager.resume),
                                    (v2_journal.load(), self.artifacts.generation.resume)):
             if checkpoint:
                 resume(checkpoint)
+        self.artifacts.jobs.resume()
 
     async def __del__(self) -> None:
         """Serve's graceful shutdown of the replica: what was found goes out before it exits.

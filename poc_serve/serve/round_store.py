@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -187,3 +187,44 @@ class Checkpointer:
             if not self._dirty.is_set():
                 self._clean.set()
             await asyncio.sleep(MIN_WRITE_INTERVAL_S)
+
+
+class JobJournal:
+    """The v2 jobs accepted and not done with yet (queued, running, or their result's callback not
+    settled), so that the replica after this one runs them again: one key per job's request and
+    an index of their ids in order. Blocking calls, safe from several threads."""
+
+    def __init__(self, store: KeyValueStore, key: str):
+        self.store = store
+        self.key = key
+        self._ids: list[str] = []
+        self._lock = threading.Lock()
+
+    def add(self, request_id: str, request: bytes) -> None:
+        """Keep a job's request (its JSON) until :meth:`remove`."""
+        with self._lock:
+            self.store.put(f"{self.key}/job/{request_id}", request)
+            self._ids.append(request_id)
+            self._write_index()
+
+    def remove(self, request_id: str) -> None:
+        with self._lock:
+            if request_id in self._ids:
+                self._ids.remove(request_id)
+                self._write_index()
+                self.store.delete_prefix(f"{self.key}/job/{request_id}")
+
+    def clear(self) -> None:
+        with self._lock:
+            self._ids = []
+            self.store.delete_prefix(f"{self.key}/")
+
+    def load(self) -> list[tuple[str, bytes]]:
+        """The kept jobs in the order they were accepted: (request_id, request JSON)."""
+        raw = self.store.get(f"{self.key}/index")
+        with self._lock:
+            self._ids = json.loads(raw) if raw else []
+            return [(i, self.store.get(f"{self.key}/job/{i}")) for i in self._ids]
+
+    def _write_index(self) -> None:
+        self.store.put(f"{self.key}/index", json.dumps(self._ids).encode())
