@@ -44,7 +44,8 @@ def phase_inputs(a):
     res = {"phase": "inputs", "shape": [1024, 64, 1024]}
     for name, fn in (("eager", lambda: _eager(seeds)),
                      ("compiled", lambda: input_embeddings(BH, PK, range(1024), 64, 1024, "cuda", torch.bfloat16))):
-        fn(); sync()
+        fn()
+        sync()
         t = time.time()
         for _ in range(10):
             fn()
@@ -73,7 +74,8 @@ def phase_baseline(a):
                 emb = input_embeddings(BH, PK, nonces, seq_len, hidden, "cuda", torch.bfloat16)
                 last = model(inputs_embeds=emb).last_hidden_state[:, -1].float()
                 return nonce_distances(last, BH, PK, nonces)
-            step(); sync()
+            step()
+            sync()
             t = time.time()
             for _ in range(a.iters):
                 step()
@@ -109,7 +111,8 @@ def phase_gemm(a):
 
         rows = {k: tokens * layers if k == "qkv" else tokens * (layers - 1) + batch for k in shapes}
         flop = 2 * sum(rows[k] * n * m for k, (n, m) in shapes.items())
-        forward(); sync()
+        forward()
+        sync()
         with GpuClockSampler() as clocks:
             t0, n = time.time(), 0
             while time.time() - t0 < a.gemm_seconds:

@@ -4,7 +4,8 @@ trip, and optionally a per-layer trace of a layer_hooks call. Results: `RESULT {
 $OUT/engine_gpu.jsonl and kernel tables in $OUT/profile_<engine>_<variant>_<seq_len>.txt. Skips
 (exit 0) without CUDA.
 
-    python benchmarks/profile_gpu.py --phases model,profile --engine-kwargs '{"label": "eager", "enforce_eager": true}' \
+    python benchmarks/profile_gpu.py --phases model,profile \
+        --engine-kwargs '{"label": "eager", "enforce_eager": true}' \
         --variants '[{"label": "f32k_c16", "poc_forward_tokens": 32768, "poc_forwards_per_call": 16}]' \
         --profile-seq-lens 64,256
 """
@@ -60,7 +61,8 @@ def _gpu_idle(prof) -> str:
         if stop > end:
             end, last_name = stop, name
     top = "; ".join(f"{g / 1000:.2f} ms after {a!r} before {b!r}" for g, a, b in sorted(gaps, reverse=True)[:5])
-    return f"kernel span {(end - first) / 1000:.1f} ms, GPU idle {idle / 1000:.1f} ms in {len(gaps)} gaps; longest: {top}"
+    return (f"kernel span {(end - first) / 1000:.1f} ms, GPU idle {idle / 1000:.1f} ms in {len(gaps)} gaps; "
+            f"longest: {top}")
 
 
 def _rpc_noop(worker) -> None:
@@ -78,7 +80,8 @@ def _trace_layer_hooks(worker, kwargs: dict) -> list:
         def hook(module, args):  # vLLM calls layer(positions, hidden_states, residual)
             hidden, residual = args[1], args[2]
             row = kwargs["seq_len"] - 1
-            seen.append([index] + [None if t is None else round(float(t[row].float().norm()), 5) for t in (hidden, residual)])
+            norms = [None if t is None else round(float(t[row].float().norm()), 5) for t in (hidden, residual)]
+            seen.append([index] + norms)
         return hook
 
     handles = [layer.register_forward_pre_hook(pre(i))

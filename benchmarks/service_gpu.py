@@ -164,7 +164,8 @@ def summary() -> None:
             name = r.get("label") or r.get("layout")
             for s in (64, 256):
                 if f"rate_{s}" in r and s in base:
-                    print(f"  {r['phase']:8s} {name:22s} seq_len {s:3d}: {r[f'rate_{s}']:9.1f}  x{r[f'rate_{s}'] / base[s]:.2f}")
+                    rate = r[f"rate_{s}"]
+                    print(f"  {r['phase']:8s} {name:22s} seq_len {s:3d}: {rate:9.1f}  x{rate / base[s]:.2f}")
     for s, v in sorted(base.items()):
         print(f"  baseline transformers       seq_len {s:3d}: {v:9.1f}")
 

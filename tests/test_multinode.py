@@ -294,7 +294,8 @@ def test_engine_on_worker_node_ingress_on_head_and_nonces_survive_the_worker(clu
     dashboard = grafana_metric_names(load_grafana_dashboard())
     assert set(EXPORTED_NAMES) <= dashboard
     wanted = {n for n in dashboard if not n.startswith(("ray_node_gpu", "ray_node_gram"))} - ONLY_AFTER_OTHER_FAULTS
-    wait_until("every dashboard metric on the nodes' /metrics", lambda: _metrics_present(cluster, wanted), 120, interval=3)
+    wait_until("every dashboard metric on the nodes' /metrics", lambda: _metrics_present(cluster, wanted), 120,
+               interval=3)
     text = _scrape_metrics(cluster)
     assert re.search(r'^ray_poc_nonces_checked_total\{[^}]*application="poc"', text, re.M)
     assert re.search(r'^ray_poc_validations_total\{[^}]*verdict="honest"', text, re.M)
@@ -306,13 +307,15 @@ def _v2_generation_and_job(v2: str, url: str) -> None:
     with httpx.Client(base_url=v2, timeout=120) as client:
         r = client.post("/init/generate", json={**V2_ROUND, "url": url})
         assert r.status_code == 200, r.text
-        wait_until("v2 artifacts", lambda: client.get("/status").json()["backends"][0]["stats"]["total_processed"] >= 64,
-                   120)
+        def processed() -> int:
+            return client.get("/status").json()["backends"][0]["stats"]["total_processed"]
+
+        wait_until("v2 artifacts", lambda: processed() >= 64, 120)
         assert client.post("/stop").status_code == 200
         queued = client.post("/generate", json={**V2_ROUND, "nonces": [0, 1, 2]}).json()
         assert queued["status"] == "queued", queued
-        wait_until("the v2 job", lambda: client.get(f"/generate/{queued['request_id']}").json()["status"] == "completed",
-                   120)
+        job = f"/generate/{queued['request_id']}"
+        wait_until("the v2 job", lambda: client.get(job).json()["status"] == "completed", 120)
 
 
 def _stalled(client: httpx.Client, quiet_s: float = 8.0) -> dict | None:

@@ -292,14 +292,16 @@ def _totals(readings):
 def _v2_generation_and_job(client: httpx.Client, url: str) -> None:
     r = client.post(f"{V2}/init/generate", json={**V2_ROUND, "url": url})
     assert r.status_code == 200, r.text
-    wait_until("v2 artifacts", lambda: client.get(f"{V2}/status").json()["backends"][0]["stats"]["total_processed"] > 200,
-          60)
+    def processed() -> int:
+        return client.get(f"{V2}/status").json()["backends"][0]["stats"]["total_processed"]
+
+    wait_until("v2 artifacts", lambda: processed() > 200, 60)
     time.sleep(3)  # a few scrapes of the running loop
     assert client.post(f"{V2}/stop").status_code == 200
     queued = client.post(f"{V2}/generate", json={**V2_ROUND, "nonces": [1, 2, 3], "url": url}).json()
     assert queued["status"] == "queued", queued
-    wait_until("the v2 job", lambda: client.get(f"{V2}/generate/{queued['request_id']}").json()["status"] == "completed",
-          60)
+    job = f"{V2}/generate/{queued['request_id']}"
+    wait_until("the v2 job", lambda: client.get(job).json()["status"] == "completed", 60)
     status = client.get(f"{V2}/status").json()
     assert status["nonfinite_nonces"] == 1 and status["callbacks"]["dropped"] >= 1, status
 

@@ -409,7 +409,8 @@ def test_v2_generation_over_two_replicas_delivers_every_artifact_once(client, v2
     refused = client.post("/init/generate", json={**ROUND, "r_target": R10, "node_id": 0, "node_count": 1})
     assert refused.status_code == 409 and "v2" in refused.text.lower()
     origin = f"http://{client.base_url.host}:{client.base_url.port}"
-    completion = httpx.post(f"{origin}/v1/completions", json={"model": "poc-tiny-qwen3", "prompt": "Hi", "max_tokens": 4})
+    completion = httpx.post(f"{origin}/v1/completions",
+                            json={"model": "poc-tiny-qwen3", "prompt": "Hi", "max_tokens": 4})
     assert completion.status_code == 503
     deadline = time.time() + 240
     while _v2_processed(v2) < 200 and time.time() < deadline:

@@ -158,7 +158,8 @@ def test_generation_is_dense_and_every_artifact_is_delivered_once(caplog):
     assert progress and progress[-1].startswith(f"Generated: {len(sent)} nonces (") and progress[-1].endswith("/min)")
     status = svc.status().model_dump()
     assert status["status"] == "IDLE" and len(status["backends"]) == 2
-    assert status["backends"][0]["config"]["group_id"] == 1 and status["backends"][0]["stats"]["total_processed"] == len(sent)
+    backend = status["backends"][0]
+    assert backend["config"]["group_id"] == 1 and backend["stats"]["total_processed"] == len(sent)
 
 
 def test_init_generate_checks_ids_params_and_repeats():

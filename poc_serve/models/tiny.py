@@ -31,8 +31,8 @@ SHAPES: dict[str, dict[str, int | bool]] = {
                              vocab_size=151936, max_position_embeddings=4096),
     "qwen3-30b-a3b-8l-shape": dict(hidden_size=2048, num_hidden_layers=8, num_attention_heads=32,
                                    num_key_value_heads=4, head_dim=128, intermediate_size=6144,
-                                   moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8, norm_topk_prob=True,
-                                   vocab_size=151936, max_position_embeddings=4096),
+                                   moe_intermediate_size=768, num_experts=128, num_experts_per_tok=8,
+                                   norm_topk_prob=True, vocab_size=151936, max_position_embeddings=4096),
 }
 # Names that `model` settings accept for the built-in checkpoints.
 BUILTIN_MODELS: dict[str, tuple[Architecture, str]] = {

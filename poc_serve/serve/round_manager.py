@@ -260,7 +260,8 @@ class RoundManager:
         await drive_batches(
             lambda batch: self._compute(round_, batch), nonces, self._batch_size(req.seq_len), self._in_flight_limit,
             lambda batch, distances: self._record(req, stats, nonces, batch, distances), stop,
-            periodic=[Every(self._callback_interval_s, self._send_found), Every(self._log_interval_s, self._log_progress)])
+            periodic=[Every(self._callback_interval_s, self._send_found),
+                      Every(self._log_interval_s, self._log_progress)])
 
     def _record(self, req: PoCInitRequest, stats: GenerationStats, nonces: NonceSequence, batch: list[int],
                 distances: list[float]) -> None:
