@@ -142,6 +142,10 @@ def test_jobs_and_v1_policy(base, client):
                    "mismatch_nonces": [], "p_value": 1.0, "fraud_detected": False, "fraud_threshold": 0.01,
                    "skipped_nonces": []}
     assert client.get("/status").json()["jobs"]["completed"] == 1
+    # The job routes under v1's prefix too (no v1 route has their paths).
+    copy = httpx.post(f"{base}/api/v1/pow/generate", json={**body, "wait": True}, timeout=60).json()
+    assert copy == {**job, "request_id": copy["request_id"]}
+    assert httpx.get(f"{base}/api/v1/pow/generate/{queued['request_id']}", timeout=60).json() == job
     assert httpx.post(f"{base}/api/v1/pow/init/generate", json=V1_ROUND, timeout=60).status_code == 200
     r = client.post("/init/generate", json=ROUND)
     assert r.status_code == 409 and "v1 round is generating" in r.json()["detail"]

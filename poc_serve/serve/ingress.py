@@ -219,12 +219,15 @@ class PoCIngress:
         await self._require_engine()
         return await self.artifacts.init_generate(body)
 
+    # v2's job routes also under v1's prefix, where no v1 route has their paths (poc-v2.md section 4).
     @app.post(f"{V2_API}/generate")
+    @app.post(f"{V1_API}/generate")
     async def v2_generate(self, body: GenerateRequest) -> dict:
         await self._require_engine()
         return await self.artifacts.generate(body)
 
     @app.get(f"{V2_API}/generate/{{request_id}}")
+    @app.get(f"{V1_API}/generate/{{request_id}}")
     async def v2_job(self, request_id: str) -> dict:
         return self.artifacts.job_state(request_id)
 
