@@ -12,7 +12,7 @@ from poc_serve.serve.round_manager import RoundManager
 from tests.receiver import CallbackReceiver
 from tests.test_round_manager import FlakyEngine, _req
 
-FAULTS = [("500", 30), ("404", 30), ("reset", 30), ("slow", 4)]
+FAULTS = [("500", 12), ("404", 12), ("reset", 12), ("slow", 3)]
 
 
 def test_a_misbehaving_receiver_delays_callbacks_and_loses_nothing():

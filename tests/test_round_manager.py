@@ -11,6 +11,7 @@ import torch
 
 from poc_serve.engine.protocol import PoCRound
 from poc_serve.poc import nonce_distances
+from poc_serve.serve import generation
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.protocol import PoCInitRequest
 from poc_serve.serve.round_manager import RoundError, RoundManager
@@ -53,7 +54,9 @@ def _req(**kw) -> PoCInitRequest:
                              "node_id": 1, "node_count": 2, "seq_len": 16, **kw})
 
 
-def test_failed_batches_are_recomputed_and_no_nonce_is_lost_or_repeated():
+def test_failed_batches_are_recomputed_and_no_nonce_is_lost_or_repeated(monkeypatch):
+    monkeypatch.setattr(generation, "RETRY_DELAY_S", 0.05)  # the wait for a restarting replica
+
     async def run():
         engine = FlakyEngine(fail_every=3)
         mgr = _manager(engine, CallbackSender())

@@ -18,6 +18,7 @@ from poc_serve.poc.artifacts import encode_artifact
 from poc_serve.poc.nonces import NonceSequence
 from poc_serve.serve.artifact_protocol import GenerateRequest, GenerationInit
 from poc_serve.serve.artifact_service import ArtifactService
+from poc_serve.serve import generation
 from poc_serve.serve.callbacks import CallbackSender
 from poc_serve.serve.generation import RoundError
 from poc_serve.serve.policies import EnginePolicies
@@ -117,8 +118,10 @@ def test_nonce_sequence_v2_formula_and_v1_identity():
             NonceSequence(*bad)
 
 
-def test_generation_is_dense_and_every_artifact_is_delivered_once(caplog):
+def test_generation_is_dense_and_every_artifact_is_delivered_once(caplog, monkeypatch):
     """Failed calls re-run with the same nonces; the receiver is down for a part of the round."""
+    monkeypatch.setattr(generation, "RETRY_DELAY_S", 0.05)  # the wait for a restarting replica
+
     async def run(url):
         engine = StandInEngine(fail_every=4, nonfinite=frozenset({1 + 3 * 7}), fail_retries=False)
         svc = service(engine)

@@ -70,7 +70,7 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
                         in_flight_limit: int, record: Callable[[list[int], Any], None],
                         stop: asyncio.Event | None = None, periodic: Sequence[Every] = (),
                         call_timeout_s: float | None = None, max_attempts: int | None = None,
-                        retry_delay_s: float = RETRY_DELAY_S) -> None:
+                        retry_delay_s: float | None = None) -> None:
     """Compute every batch of ``source`` (until ``stop`` is set, for an endless one) with at most
     ``in_flight_limit`` calls of ``compute`` at once, passing each result to ``record``.
 
@@ -135,7 +135,7 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
             for every in periodic:
                 every.poll(now)
             if failed and not stop.is_set():
-                await asyncio.sleep(retry_delay_s)
+                await asyncio.sleep(RETRY_DELAY_S if retry_delay_s is None else retry_delay_s)
     finally:
         stop_wait.cancel()
         for task, batch in in_flight.items():  # on cancellation or give-up: keep them for a resume
