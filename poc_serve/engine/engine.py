@@ -46,12 +46,12 @@ class PoCEngine:
         self._call_lock = asyncio.Lock()
 
     def _engine_args(self):
-        from poc_serve.engine.vllm_compat import AsyncEngineArgs, ray_executor_runs_calls_in_order
+        from poc_serve.engine.vllm_compat import AsyncEngineArgs, on_cpu, ray_executor_runs_calls_in_order
 
         cfg = self.config
         backend = cfg.distributed_executor_backend
         if backend is None:
-            backend = "mp" if _on_cpu() else "ray"
+            backend = "mp" if on_cpu() else "ray"
         if backend == "ray" and cfg.pipeline_parallel_size > 1 and not ray_executor_runs_calls_in_order():
             # The older executor runs in-flight pipeline batches on a thread beside collective_rpc
             # calls: an inference step could then meet the PoC call's swapped attention.
@@ -76,12 +76,12 @@ class PoCEngine:
     async def start(self) -> None:
         """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
         that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
-        from poc_serve.engine.vllm_compat import (ENGINE_ENVIRONMENT, AsyncLLM, engine_quantization,
+        from poc_serve.engine.vllm_compat import (ENGINE_ENVIRONMENT, AsyncLLM, engine_quantization, on_cpu,
                                                   prepare_engine_environment)
 
         args = self._engine_args()
         check_batch_independent(*engine_quantization(args))  # before minutes of weight loading
-        on_gpu = not _on_cpu()
+        on_gpu = not on_cpu()
         if on_gpu:
             applied = prepare_engine_environment(args.distributed_executor_backend,
                                                  compiled=not self.config.enforce_eager)
@@ -257,9 +257,3 @@ class PoCEngine:
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
-
-
-def _on_cpu() -> bool:
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()

