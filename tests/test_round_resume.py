@@ -296,3 +296,24 @@ def test_a_v2_job_that_cannot_be_saved_is_refused_not_lost():
     error = asyncio.run(run())
     assert error.status_code == 503 and "could not be saved" in error.detail
     assert svc.jobs.counts() == {"queued": 0, "running": 0, "completed": 0, "failed": 0}
+
+
+def test_a_checkpoint_that_cannot_be_read_leaves_a_new_replica_idle_and_working(caplog):
+    from poc_serve.serve.ingress import _resume, _resume_from
+
+    store = MemoryStore()
+    RoundJournal(store, "app/v1-round").write(RoundSnapshot({"round_id": "a", "valid": 3}, [1, 2, 3], [0.1] * 3))
+    del store.data["app/v1-round/a/0"]  # a chunk lost: the head counts nonces the store lacks
+
+    async def run():
+        mgr = _manager(FlakyEngine(), store)
+        _resume("the v1 round", lambda: _resume_from(mgr._checkpointer.journal, mgr.resume))
+        await mgr.init_generate(_req(r_target=2.0))  # the node works as a fresh one
+        while mgr.gen.checked < 20:
+            await asyncio.sleep(0.01)
+        await mgr.stop()
+        return mgr
+
+    mgr = asyncio.run(run())
+    assert "could not resume the v1 round from its checkpoint" in caplog.text
+    assert mgr.state == "STOPPED" and RoundJournal(store, "app/v1-round").load().head["state"] == "STOPPED"

@@ -29,6 +29,7 @@ from poc_serve.serve.metrics import PoCMetrics
 from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 from poc_serve.serve.policies import V1_API, V2_API, EnginePolicies
 from poc_serve.serve.protocol import ControlResponse, PoCInitRequest, PoCStatus, ProofBatch, ValidatedBatch
+from poc_serve.serve.generation import logger
 from poc_serve.serve.round_manager import RoundError, RoundManager
 from poc_serve.serve.round_store import JobJournal, RayKVStore, RoundJournal
 
@@ -105,6 +106,21 @@ def _engine_deployment_state(app: str, name: str) -> str:
     return f"{name} {status}" + (f": {message[-1][:300]}" if message else "")
 
 
+def _resume_from(journal: RoundJournal, resume) -> None:
+    checkpoint = journal.load()
+    if checkpoint:
+        resume(checkpoint)
+
+
+def _resume(what: str, resume) -> None:
+    """Resume ``what`` from its checkpoint; a checkpoint that cannot be read or resumed is logged
+    and left, so that it can never keep a new ingress replica from starting."""
+    try:
+        resume()
+    except Exception:  # noqa: BLE001 - any fault here must leave a working, idle node
+        logger.exception("could not resume %s from its checkpoint; starting without it", what)
+
+
 @serve.deployment(max_ongoing_requests=256)
 @serve.ingress(app)
 class PoCIngress:
@@ -149,11 +165,9 @@ class PoCIngress:
             model_name=args.served_model_name or args.model, busy_reason=self.policies.inference_busy_reason,
             retry_after_s=args.inference_retry_after_s, engine_unavailable=self._engine_unavailable,
             metrics=metrics)
-        for checkpoint, resume in ((v1_journal.load(), self.manager.resume),
-                                   (v2_journal.load(), self.artifacts.generation.resume)):
-            if checkpoint:
-                resume(checkpoint)
-        self.artifacts.jobs.resume()
+        _resume("the v1 round", lambda: _resume_from(v1_journal, self.manager.resume))
+        _resume("the v2 generation", lambda: _resume_from(v2_journal, self.artifacts.generation.resume))
+        _resume("the v2 jobs", self.artifacts.jobs.resume)
 
     async def __del__(self) -> None:
         """Serve's graceful shutdown of the replica: what was found goes out before it exits.
