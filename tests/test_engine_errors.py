@@ -14,7 +14,6 @@ import time
 
 import httpx
 import pytest
-import ray
 from ray import serve
 from ray.serve import api as serve_api
 
@@ -23,7 +22,7 @@ from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.engine_deployment import PoCEngineDeployment
 from poc_serve.serve.ingress import PoCIngress
 
-from tests.net import free_port
+from tests.local_serve import local_serve
 
 ROUND = dict(block_hash="err_block", block_height=1, public_key="err_key", seq_len=16, r_target=1.4)
 PROOF = dict(block_hash="err_block", block_height=1, public_key="err_key", nonces=[1, 2], dist=[1.3, 1.35])
@@ -63,12 +62,8 @@ def _app(factory, name: str):
 
 @pytest.fixture(scope="module")
 def base_url():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve() as url:
+        yield url
 
 
 def test_failing_poc_call_answers_json_naming_the_cause(base_url):

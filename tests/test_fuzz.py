@@ -10,20 +10,15 @@ import json
 
 import httpx
 import pytest
-import ray
 import requests
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from ray import serve
 from schemathesis import GenerationMode
 
-from poc_serve.app import engine_deployment_options
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.serve.engine_deployment import PoCEngineDeployment
-from poc_serve.serve.ingress import PoCIngress
 from poc_serve.serve.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
-from tests.net import free_port
+from tests.local_serve import local_serve, run_app
 from tests.test_serve_fast import stand_in_engine
 
 V1 = "/api/v1/pow"
@@ -35,18 +30,12 @@ EXAMPLES_PER_ROUTE = 25
 
 @pytest.fixture(scope="module")
 def base():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    # Callbacks to the fuzzed URLs give up fast; the app is wired as poc_serve.app.build_app does.
-    args = PoCAppArgs(model=MODEL, engine_num_cpus=0, callback_timeout_s=0.5, callback_backoff_s=0.1,
-                      engine=dict(max_model_len=64, max_num_batched_tokens=256))
-    engine = PoCEngineDeployment.options(**engine_deployment_options(args)).bind(
-        args.engine, engine_factory=stand_in_engine)
-    serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name="fuzz", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve() as url:
+        # Callbacks to the fuzzed URLs give up fast.
+        args = PoCAppArgs(model=MODEL, engine_num_cpus=0, callback_timeout_s=0.5, callback_backoff_s=0.1,
+                          engine=dict(max_model_len=64, max_num_batched_tokens=256))
+        run_app(args, stand_in_engine, "fuzz")
+        yield url
 
 
 def message_of(response) -> str:

@@ -15,15 +15,10 @@ import time
 
 import httpx
 import pytest
-import ray
-from ray import serve
 
-from poc_serve.app import engine_deployment_options
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult, PoCRound
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.serve.engine_deployment import PoCEngineDeployment
-from poc_serve.serve.ingress import PoCIngress
-from tests.net import free_port
+from tests.local_serve import local_serve, run_app
 from tests.receiver import CallbackReceiver
 from tests.test_v2_service import artifact
 
@@ -80,18 +75,11 @@ async def stand_in_engine(config) -> StandInEngine:
 
 @pytest.fixture(scope="module")
 def base():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = PoCAppArgs(model="stand-in", engine_num_cpus=0, callback_interval_s=0.2, log_interval_s=0.2,
-                      engine=dict(max_model_len=64, max_num_batched_tokens=128, poc_forwards_per_call=1))
-    # As poc_serve.app.build_app wires it, with the stand-in engine.
-    engine = PoCEngineDeployment.options(**engine_deployment_options(args)).bind(
-        args.engine, engine_factory=stand_in_engine)
-    serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name="fast", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve() as url:
+        args = PoCAppArgs(model="stand-in", engine_num_cpus=0, callback_interval_s=0.2, log_interval_s=0.2,
+                          engine=dict(max_model_len=64, max_num_batched_tokens=128, poc_forwards_per_call=1))
+        run_app(args, stand_in_engine, "fast")
+        yield url
 
 
 @pytest.fixture

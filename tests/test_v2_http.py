@@ -9,14 +9,10 @@ import time
 
 import httpx
 import pytest
-import ray
-from ray import serve
 
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.serve.engine_deployment import PoCEngineDeployment
-from poc_serve.serve.ingress import PoCIngress
-from tests.net import free_port
+from tests.local_serve import local_serve, run_app
 from tests.receiver import CallbackReceiver
 from tests.test_v2_service import artifact
 
@@ -58,17 +54,11 @@ async def stand_in_engine(config):
 
 @pytest.fixture(scope="module")
 def base():
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = PoCAppArgs(model="stand-in", num_engine_replicas=2, callback_interval_s=0.3, log_interval_s=0.3,
-                      engine=dict(max_model_len=64, max_num_batched_tokens=256))
-    engine = PoCEngineDeployment.options(num_replicas=2, ray_actor_options={"num_cpus": 0}).bind(
-        args.engine, engine_factory=stand_in_engine)
-    serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name="v2", route_prefix="/")
-    yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
-    ray.shutdown()
+    with local_serve() as url:
+        args = PoCAppArgs(model="stand-in", num_engine_replicas=2, engine_num_cpus=0, callback_interval_s=0.3,
+                          log_interval_s=0.3, engine=dict(max_model_len=64, max_num_batched_tokens=256))
+        run_app(args, stand_in_engine, "v2")
+        yield url
 
 
 @pytest.fixture

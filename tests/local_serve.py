@@ -1,0 +1,37 @@
+"""Ray Serve on this machine for the serve-layer tests: a local Ray instance with Serve's proxy on
+a free port, and the application wired as :func:`poc_serve.app.build_app` wires it but with a
+stand-in engine (the engine deployment's ``engine_factory``)."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Any, Awaitable, Callable, Iterator
+
+import ray
+from ray import serve
+
+from poc_serve.app import engine_deployment_options
+from poc_serve.serve.config import PoCAppArgs
+from poc_serve.serve.engine_deployment import PoCEngineDeployment
+from poc_serve.serve.ingress import PoCIngress
+from tests.net import free_port
+
+
+@contextmanager
+def local_serve(num_cpus: int = 4) -> Iterator[str]:
+    """Start Ray and Serve; yields Serve's base URL; shuts both down after."""
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+
+def run_app(args: PoCAppArgs, engine_factory: Callable[[Any], Awaitable[Any]], name: str) -> None:
+    """Deploy the ingress over an engine deployment whose engine ``engine_factory`` builds, at /."""
+    engine = PoCEngineDeployment.options(**engine_deployment_options(args)).bind(
+        args.engine, engine_factory=engine_factory)
+    serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name=name, route_prefix="/")
