@@ -170,5 +170,6 @@ def test_a_batch_failing_as_the_round_stops_is_computed_before_the_driver_ends()
     computed, _ = asyncio.run(run(fail_again=False))
     assert sorted(computed) == list(range(len(computed))) and len(computed) >= 12
     computed, seq = asyncio.run(run(fail_again=True))
-    assert computed == list(range(8))  # calls 3 and 4 failed, and again after stop
+    # calls 3 and 4 failed, and again after stop; calls 1 and 2 run at once and finish in either order
+    assert sorted(computed) == list(range(8))
     assert sorted(seq.take(4) + seq.take(4)) == list(range(8, 16))  # given back, first in line for a resume
