@@ -25,15 +25,14 @@ def _manager(engine: FlakyEngine, store: MemoryStore) -> RoundManager:
                         callback_interval_s=0.05, log_interval_s=1.0, journal=RoundJournal(store, "app/v1-round"))
 
 
-async def _crash(mgr: RoundManager) -> None:
-    """Throw the manager away as a killed process would: its tasks stop, nothing is flushed.
+async def _crash(loop_task: asyncio.Task, sender: CallbackSender, checkpointer: round_store.Checkpointer) -> None:
+    """Throw a generation loop away as a killed process would: its tasks stop, nothing is flushed.
     Waits first until no callback is on the wire and the store holds every change, since a kill
     between a receiver's 200 and the checkpoint of that delivery (milliseconds) sends it again."""
-    sender = mgr._callbacks
-    while sender.pending or not mgr._checkpointer._clean.is_set():
+    while sender.pending or not checkpointer._clean.is_set():
         await sender.flush()
-        await mgr._checkpointer.flush()
-    for task in (mgr._loop_task, sender._task, mgr._checkpointer._task):
+        await checkpointer.flush()
+    for task in (loop_task, sender._task, checkpointer._task):
         task.cancel()
     await asyncio.sleep(0)
 
@@ -47,7 +46,7 @@ def test_a_round_resumes_after_a_crash_and_every_valid_nonce_reaches_the_receive
         await first.init_generate(_req(r_target=2.0, callback_url=url))
         while first.gen.settled < 20:
             await asyncio.sleep(0.01)
-        await _crash(first)
+        await _crash(first._loop_task, first._callbacks, first._checkpointer)
         checked_at_crash, valid_at_crash = first.gen.checked, list(first.gen.valid_nonces)
 
         second = _manager(engine, store)
@@ -181,13 +180,7 @@ def test_a_v2_generation_resumes_after_a_crash_and_every_artifact_reaches_the_re
         await first.init_generate(init(url=url))
         while first.generation._settled < 40:
             await asyncio.sleep(0.01)
-        sender, checkpointer = first._stream, first.generation._checkpointer
-        while sender.pending or not checkpointer._clean.is_set():
-            await sender.flush()
-            await checkpointer.flush()
-        for task in (first.generation._task, sender._task, checkpointer._task):
-            task.cancel()
-        await asyncio.sleep(0)
+        await _crash(first.generation._task, first._stream, first.generation._checkpointer)
         second = service(engine)
         second.generation.resume(RoundJournal(store, "app/v2-generation").load())
         assert second.status().status == "GENERATING"
@@ -317,3 +310,4 @@ def test_a_checkpoint_that_cannot_be_read_leaves_a_new_replica_idle_and_working(
     mgr = asyncio.run(run())
     assert "could not resume the v1 round from its checkpoint" in caplog.text
     assert mgr.state == "STOPPED" and RoundJournal(store, "app/v1-round").load().head["state"] == "STOPPED"
+
