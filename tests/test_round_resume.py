@@ -311,3 +311,15 @@ def test_a_checkpoint_that_cannot_be_read_leaves_a_new_replica_idle_and_working(
     assert "could not resume the v1 round from its checkpoint" in caplog.text
     assert mgr.state == "STOPPED" and RoundJournal(store, "app/v1-round").load().head["state"] == "STOPPED"
 
+
+def test_a_snapshot_that_raises_is_logged_and_never_hangs_a_control_call(caplog):
+    def broken() -> RoundSnapshot:
+        raise KeyError("a bug in the snapshot")
+
+    async def run():
+        checkpointer = round_store.Checkpointer(RoundJournal(MemoryStore(), "k"), broken)
+        checkpointer.mark()
+        await asyncio.wait_for(checkpointer.flush(), 5)
+
+    asyncio.run(run())
+    assert "round checkpoint not taken" in caplog.text

@@ -174,7 +174,12 @@ class Checkpointer:
         while True:
             await self._dirty.wait()
             self._dirty.clear()
-            snapshot = self._snapshot()
+            try:
+                snapshot = self._snapshot()
+            except Exception:  # a bug: log it, and never make control calls wait for a save that cannot come
+                logger.exception("round checkpoint not taken")
+                self._clean.set()
+                continue
             try:
                 await asyncio.to_thread(self.journal.write, snapshot)
             except Exception as exc:  # the GCS is briefly away: keep the change, try again
