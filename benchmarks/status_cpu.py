@@ -2,7 +2,9 @@
 the engine is a stand-in (every nonce valid, a fixed time per call) injected through the engine
 deployment's ``engine_factory``, because what is measured is the ingress, not the GPU.
 
-A round runs until ``--valid`` valid nonces are held (500,000 by default), then for
+A round runs until ``--valid`` valid nonces are held (500,000 by default: every nonce below that
+is valid, to fill the round fast); past them one nonce in ten is valid, about an H200's share at
+seq_len 64 (some 800 valid of 8,000 checked a second). Then for
 ``--seconds`` the generation rate is measured without polling, and again while ``--rps``
 GET /status?nonces=false a second come from concurrent clients; the latency percentiles of
 those calls and the rate loss are printed as one JSON line.
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 
@@ -29,19 +32,24 @@ from poc_serve.serve.engine_deployment import PoCEngineDeployment
 from poc_serve.serve.ingress import PoCIngress
 
 V1 = "/api/v1/pow"
+PORT = 8000
 # Seconds per engine call of 1,024 nonces: 0.25 gives about 8,000 nonces/s over two replicas with
 # two calls in flight each, an H200's rate at seq_len 64 (docs/benchmarks.md).
 CALL_S = 0.25
+# Nonces below this are all valid; past it one in ten (set from --valid in main()).
+FILL_NONCES = 500_000
 
 
-class AllValidEngine:
-    """Distance 1.0 for every nonce after ``CALL_S`` seconds: every nonce is valid at r_target 1.4."""
+class StandInEngine:
+    """After ``CALL_S`` seconds, distance 1.0 (valid at r_target 1.4) for every nonce below
+    ``FILL_NONCES`` and every tenth one past it, 2.0 (not valid) for the others."""
 
     max_model_len = 64
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
         await asyncio.sleep(CALL_S)
-        return PoCBatchResult(nonces=nonces, distances=[1.0] * len(nonces))
+        return PoCBatchResult(nonces=nonces,
+                              distances=[1.0 if n < FILL_NONCES or n % 10 == 0 else 2.0 for n in nonces])
 
     def model_info(self) -> dict:
         return {"model": "stand-in", "model_path": "/nowhere", "hidden_size": 32, "max_model_len": 64}
@@ -53,8 +61,8 @@ class AllValidEngine:
         pass
 
 
-async def all_valid_engine(config) -> AllValidEngine:
-    return AllValidEngine()
+async def stand_in_engine(config) -> StandInEngine:
+    return StandInEngine()
 
 
 def checked(http: httpx.Client) -> int:
@@ -68,22 +76,44 @@ def rate(http: httpx.Client, seconds: float) -> float:
     return (checked(http) - start) / (time.monotonic() - t0)
 
 
-async def poll(base: str, rps: float, seconds: float) -> list[float]:
-    """GET /status?nonces=false at ``rps`` a second for ``seconds``; each call's latency in s."""
+STATUS_GET = f"GET {V1}/status?nonces=false HTTP/1.1\r\nHost: bench\r\n\r\n".encode()
+
+
+async def get_status(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """One GET /status?nonces=false on a kept-alive connection; raises unless it answers 200."""
+    writer.write(STATUS_GET)
+    head = await reader.readuntil(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise RuntimeError(head.split(b"\r\n", 1)[0].decode())
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+
+
+async def poll(port: int, rps: float, seconds: float, connections: int = 32) -> list[float]:
+    """GET /status?nonces=false at ``rps`` a second for ``seconds``, open loop over kept-alive
+    connections; each call's latency in s, counted from when it was due (so waiting for a free
+    connection counts). A bare asyncio client: httpx's took a whole core of this 2-core machine
+    at 100 calls/s, starving the service it measured."""
+    free: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(await asyncio.open_connection("127.0.0.1", port))
     latencies: list[float] = []
 
-    async def one(http: httpx.AsyncClient) -> None:
-        t0 = time.monotonic()
-        answer = await http.get(f"{V1}/status", params={"nonces": "false"})
-        answer.raise_for_status()
-        latencies.append(time.monotonic() - t0)
+    async def one(due: float) -> None:
+        connection = await free.get()
+        await get_status(*connection)
+        latencies.append(time.monotonic() - due)
+        free.put_nowait(connection)
 
-    async with httpx.AsyncClient(base_url=base, timeout=30) as http:
-        calls, t0 = [], time.monotonic()
-        for i in range(int(rps * seconds)):
-            await asyncio.sleep(max(0.0, t0 + i / rps - time.monotonic()))
-            calls.append(asyncio.create_task(one(http)))
-        await asyncio.gather(*calls)
+    calls, t0 = [], time.monotonic()
+    for i in range(int(rps * seconds)):
+        due = t0 + i / rps
+        await asyncio.sleep(max(0.0, due - time.monotonic()))
+        calls.append(asyncio.create_task(one(due)))
+    await asyncio.gather(*calls)
+    while not free.empty():
+        free.get_nowait()[1].close()
     return latencies
 
 
@@ -94,17 +124,18 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="length of each measurement")
     parser.add_argument("--call-s", type=float, default=CALL_S, help="seconds per engine call of 1,024 nonces")
     args = parser.parse_args()
-    globals()["CALL_S"] = args.call_s  # cloudpickle sends the engine class with the globals it reads
+    # cloudpickle sends the engine class with the globals it reads
+    globals().update(CALL_S=args.call_s, FILL_NONCES=args.valid)
 
     ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8000})
+    serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     app_args = PoCAppArgs(model="stand-in", engine_num_cpus=0, num_engine_replicas=2,
                           engine=dict(max_model_len=64, max_num_batched_tokens=4096, poc_forwards_per_call=4))
     engine = PoCEngineDeployment.options(**engine_deployment_options(app_args)).bind(
-        app_args.engine, engine_factory=all_valid_engine)
+        app_args.engine, engine_factory=stand_in_engine)
     ingress = PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, app_args)
     serve.run(ingress, name="status", route_prefix="/")
-    base = "http://127.0.0.1:8000"
+    base = f"http://127.0.0.1:{PORT}"
     with httpx.Client(base_url=base, timeout=60) as http:
         http.post(f"{V1}/init/generate", json=dict(block_hash="b", block_height=1, public_key="k", r_target=1.4,
                                                    node_id=0, node_count=1, seq_len=16)).raise_for_status()
@@ -114,7 +145,7 @@ def main() -> None:
         filled_s = time.monotonic() - t0
         quiet = rate(http, args.seconds)
         polled_start, p0 = checked(http), time.monotonic()
-        latencies = asyncio.run(poll(base, args.rps, args.seconds))
+        latencies = asyncio.run(poll(PORT, args.rps, args.seconds))
         polled = (checked(http) - polled_start) / (time.monotonic() - p0)
         full_t0 = time.monotonic()
         full = http.get(f"{V1}/status")
@@ -123,7 +154,8 @@ def main() -> None:
         http.post(f"{V1}/stop")
     latencies.sort()
     print(json.dumps({
-        "benchmark": "status_cpu", "valid_nonces_held": held, "fill_s": round(filled_s, 1),
+        "benchmark": "status_cpu", "cpus": os.cpu_count(), "valid_share_after_fill": 0.1,
+        "valid_nonces_held": held, "fill_s": round(filled_s, 1),
         "status_rps": args.rps, "status_calls": len(latencies),
         "latency_ms": {"p50": round(1e3 * statistics.median(latencies), 2),
                        "p99": round(1e3 * latencies[int(0.99 * (len(latencies) - 1))], 2),
