@@ -18,7 +18,7 @@ FAULTS = [("500", 12), ("404", 12), ("reset", 12), ("slow", 3)]
 def test_a_misbehaving_receiver_delays_callbacks_and_loses_nothing():
     async def run(receiver):
         sender = CallbackSender(timeout=0.3, backoff_base=0.02, backoff_cap=0.1)
-        mgr = RoundManager(compute=FlakyEngine().compute, batch_size=lambda seq_len: 8, max_seq_len=128,
+        mgr = RoundManager(compute=FlakyEngine().compute, call_size=lambda seq_len: 8, max_seq_len=128,
                            batches_in_flight=3, callbacks=sender, callback_interval_s=0.05, log_interval_s=1.0)
         await mgr.init_generate(_req(r_target=2.0, callback_url=receiver.url))
         seen = []

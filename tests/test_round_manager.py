@@ -44,7 +44,7 @@ class FlakyEngine:
 
 
 def _manager(engine, callbacks, in_flight=3) -> RoundManager:
-    return RoundManager(compute=engine.compute, batch_size=lambda seq_len: 8, max_seq_len=128,
+    return RoundManager(compute=engine.compute, call_size=lambda seq_len: 8, max_seq_len=128,
                         batches_in_flight=in_flight, callbacks=callbacks, callback_interval_s=0.05,
                         log_interval_s=0.05)
 

@@ -20,7 +20,7 @@ BATCH = 8
 
 
 def _manager(engine: FlakyEngine, store: MemoryStore) -> RoundManager:
-    return RoundManager(compute=engine.compute, batch_size=lambda seq_len: BATCH, max_seq_len=128,
+    return RoundManager(compute=engine.compute, call_size=lambda seq_len: BATCH, max_seq_len=128,
                         batches_in_flight=IN_FLIGHT, callbacks=CallbackSender(backoff_base=0.02, backoff_cap=0.05),
                         callback_interval_s=0.05, log_interval_s=1.0, journal=RoundJournal(store, "app/v1-round"))
 

@@ -80,7 +80,7 @@ def wired(engine: StandInEngine, v1_state, **kw) -> tuple[ArtifactService, Engin
     holder: dict = {}
     policies = EnginePolicies(v1_state, lambda: holder["svc"].generation.running)
     svc = ArtifactService(
-        compute=engine.compute, model_info=engine.model_info, batch_size=lambda seq_len: 8, replicas=2,
+        compute=engine.compute, model_info=engine.model_info, call_size=lambda seq_len: 8, replicas=2,
         batches_in_flight=4, stream=CallbackSender(**FAST, max_attempts=10, retry_client_errors=False),
         jobs=CallbackSender(**FAST, max_attempts=10, retry_client_errors=False),
         generation_conflict=policies.v2_generation_conflict, jobs_may_run=policies.jobs_may_run,
@@ -347,7 +347,7 @@ def test_policies_between_v1_and_v2():
             await asyncio.sleep(0.01)
             return [1.5] * len(nonces)
 
-        v1 = RoundManager(compute=compute, batch_size=lambda s: 8, max_seq_len=128, batches_in_flight=2,
+        v1 = RoundManager(compute=compute, call_size=lambda s: 8, max_seq_len=128, batches_in_flight=2,
                           callbacks=sender, generation_conflict=policies.v1_generation_conflict)
         v1_round = PoCInitRequest(block_hash="b", block_height=1, public_key="k", r_target=1.4, node_id=0,
                                   node_count=1, seq_len=16)

@@ -41,11 +41,11 @@ def encoding(k_dim: int) -> dict:
 class ArtifactGeneration:
     """Runs at most one generation loop; keeps its config and counters until the next start."""
 
-    def __init__(self, compute: ArtifactComputeFn, batch_size: Callable[[int], int], batches_in_flight: int,
+    def __init__(self, compute: ArtifactComputeFn, call_size: Callable[[int], int], batches_in_flight: int,
                  sender: CallbackSender, metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0,
                  log_interval_s: float = 5.0, call_timeout_s: float = 60.0, journal: RoundJournal | None = None):
         self._compute = compute
-        self._batch_size = batch_size
+        self._call_size = call_size
         self._in_flight_limit = batches_in_flight
         self._sender = sender
         self._metrics = metrics
@@ -92,7 +92,7 @@ class ArtifactGeneration:
         self._changed()
         round_ = artifact_round(config)
         self._task = asyncio.create_task(drive_batches(
-            lambda batch: self._compute(round_, batch), nonces, self._batch_size(config.params.seq_len),
+            lambda batch: self._compute(round_, batch), nonces, self._call_size(config.params.seq_len),
             self._in_flight_limit, self._record, self._stop, call_timeout_s=self._call_timeout_s,
             periodic=[Every(self._callback_interval_s, self._send_unsent),
                       Every(self._log_interval_s, self._log_progress)]))

@@ -43,7 +43,7 @@ class ArtifactService:
     /validated never holds up /generated)."""
 
     def __init__(self, compute: ArtifactComputeFn, model_info: Callable[[], Awaitable[dict[str, Any]]],
-                 batch_size: Callable[[int], int], replicas: int, batches_in_flight: int,
+                 call_size: Callable[[int], int], replicas: int, batches_in_flight: int,
                  stream: CallbackSender, jobs: CallbackSender, generation_conflict: Callable[[], str | None],
                  jobs_may_run: Callable[[], bool], served_model_name: str | None = None,
                  metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
@@ -52,7 +52,7 @@ class ArtifactService:
                  journal: RoundJournal | None = None, job_journal: JobJournal | None = None):
         self._compute = compute
         self._model_info = model_info
-        self._batch_size = batch_size
+        self._call_size = call_size
         self._replicas = replicas
         self._in_flight_limit = batches_in_flight
         self._stream, self._job_sender = stream, jobs
@@ -62,7 +62,7 @@ class ArtifactService:
         self._metrics = metrics
         self._call_timeout_s = call_timeout_s
         self._p_value_threshold_as_fraud = p_value_threshold_as_fraud_threshold
-        self.generation = ArtifactGeneration(compute, batch_size, batches_in_flight, stream, metrics,
+        self.generation = ArtifactGeneration(compute, call_size, batches_in_flight, stream, metrics,
                                              callback_interval_s, log_interval_s, call_timeout_s, journal)
         self.jobs = JobQueue(self._run_job, jobs_may_run, self._job_done, max_queued_nonces, result_keep_s,
                              job_journal)
@@ -187,7 +187,7 @@ class ArtifactService:
             vectors.update(zip(batch, answer))
 
         await drive_batches(lambda batch: self._compute(round_, batch), NonceList(req.nonces),
-                            min(req.batch_size, self._batch_size(round_.seq_len)), self._in_flight_limit, record,
+                            min(req.batch_size, self._call_size(round_.seq_len)), self._in_flight_limit, record,
                             call_timeout_s=self._call_timeout_s, max_attempts=JOB_BATCH_ATTEMPTS)
         k = round_.k_dim
         if req.validation is None:

@@ -66,7 +66,7 @@ class BatchFailed(RuntimeError):
         self.timed_out = timed_out
 
 
-async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: BatchSource, batch_size: int,
+async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: BatchSource, call_size: int,
                         in_flight_limit: int, record: Callable[[list[int], Any], None],
                         stop: asyncio.Event | None = None, periodic: Sequence[Every] = (),
                         call_timeout_s: float | None = None, max_attempts: int | None = None,
@@ -93,7 +93,7 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
 
     def next_batch() -> list[int]:
         if not stop.is_set():
-            return retry.pop(0) if retry else source.take(batch_size)
+            return retry.pop(0) if retry else source.take(call_size)
         while retry:  # after stop: each failed batch once more, no new nonces
             batch = retry.pop(0)
             if tuple(batch) not in retried_after_stop:

@@ -143,7 +143,7 @@ class PoCIngress:
                                        v2_generating=lambda: self.artifacts.generation.running,
                                        allow_inference_during_validation=args.allow_inference_during_validation)
         self.manager = RoundManager(
-            compute=self._compute, batch_size=engine_config.poc_call_size,
+            compute=self._compute, call_size=engine_config.poc_call_size,
             max_seq_len=engine_config.max_model_len, batches_in_flight=in_flight,
             callbacks=self._sender(args, metrics, "v1"), metrics=metrics,
             callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
@@ -152,7 +152,7 @@ class PoCIngress:
         v2_sender = dict(max_attempts=10, retry_client_errors=False)
         self.artifacts = ArtifactService(
             compute=self._compute_artifacts, model_info=self._engine_model_info,
-            batch_size=engine_config.poc_call_size, replicas=args.num_engine_replicas, batches_in_flight=in_flight,
+            call_size=engine_config.poc_call_size, replicas=args.num_engine_replicas, batches_in_flight=in_flight,
             stream=self._sender(args, metrics, "v2_generation", **v2_sender),
             jobs=self._sender(args, metrics, "v2_jobs", **v2_sender),
             generation_conflict=self.policies.v2_generation_conflict, jobs_may_run=self.policies.jobs_may_run,

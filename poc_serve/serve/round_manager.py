@@ -47,19 +47,19 @@ class GenerationStats:
 class RoundManager:
     """Holds the node's round and drives generation and validation.
 
-    ``batch_size(seq_len)`` gives nonces per engine call; ``batches_in_flight`` calls are kept
+    ``call_size(seq_len)`` gives nonces per engine call; ``batches_in_flight`` calls are kept
     running at once (replicas x per-replica queue) so every engine replica stays busy. With a
     ``journal`` every change is checkpointed, and :meth:`resume` continues a round from it.
     """
 
-    def __init__(self, compute: ComputeFn, batch_size: Callable[[int], int], max_seq_len: int,
+    def __init__(self, compute: ComputeFn, call_size: Callable[[int], int], max_seq_len: int,
                  batches_in_flight: int, callbacks: CallbackSender, metrics: PoCMetrics | None = None,
                  callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
                  generation_conflict: Callable[[], str | None] = lambda: None, journal: RoundJournal | None = None):
         self._compute = compute
         # Why generation may not start now (another generation holds the engine), or None.
         self._generation_conflict = generation_conflict
-        self._batch_size = batch_size
+        self._call_size = call_size
         self.max_seq_len = max_seq_len
         self._in_flight_limit = batches_in_flight
         self._callbacks = callbacks
@@ -177,7 +177,7 @@ class RoundManager:
         if batch.block_hash != req.block_hash:
             raise RoundError(409, f"block_hash {batch.block_hash!r} is not the round's ({req.block_hash!r})")
         round_ = _poc_round(req, batch.public_key)
-        size = self._batch_size(req.seq_len)
+        size = self._call_size(req.seq_len)
         chunks = [batch.nonces[i:i + size] for i in range(0, len(batch.nonces), size)]
         results = await asyncio.gather(*(self._compute(round_, chunk) for chunk in chunks))
         recomputed = [d for chunk in results for d in chunk]
@@ -258,7 +258,7 @@ class RoundManager:
                         stop: asyncio.Event) -> None:
         round_ = _poc_round(req, req.public_key)
         await drive_batches(
-            lambda batch: self._compute(round_, batch), nonces, self._batch_size(req.seq_len), self._in_flight_limit,
+            lambda batch: self._compute(round_, batch), nonces, self._call_size(req.seq_len), self._in_flight_limit,
             lambda batch, distances: self._record(req, stats, nonces, batch, distances), stop,
             periodic=[Every(self._callback_interval_s, self._send_found),
                       Every(self._log_interval_s, self._log_progress)])
