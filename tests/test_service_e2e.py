@@ -56,12 +56,13 @@ def _no_round_left_over(client, receiver):
     a round left running (and checkpointed) would be resumed under the next test and fail it too."""
     yield
     receiver.start()
-    origin = str(client.base_url).removesuffix("/api/v1/pow")
+    origin = str(client.base_url).rstrip("/").removesuffix("/api/v1/pow")
     for path in ("/api/v1/pow/stop", "/api/v1/inference/pow/stop"):
         try:
-            httpx.post(origin + path, timeout=60)
+            stopped = httpx.post(origin + path, timeout=60)
         except httpx.HTTPError:
-            pass  # the app may be deleted at this point; a later deploy starts clean
+            continue  # the app may be deleted at this point; a later deploy starts clean
+        assert stopped.status_code == 200, f"POST {path}: {stopped.status_code} {stopped.text}"
 
 
 def _post(client, path, body=None, expect=200):
