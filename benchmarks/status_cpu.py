@@ -30,6 +30,7 @@ from poc_serve.engine.protocol import PoCBatchResult, PoCRound
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.engine_deployment import PoCEngineDeployment
 from poc_serve.serve.ingress import PoCIngress
+from poc_serve.testing.stand_in import StandInEngine
 
 V1 = "/api/v1/pow"
 PORT = 8000
@@ -40,29 +41,14 @@ CALL_S = 0.25
 FILL_NONCES = 500_000
 
 
-class StandInEngine:
+class ValidShareEngine(StandInEngine):
     """After ``CALL_S`` seconds, distance 1.0 (valid at r_target 1.4) for every nonce below
     ``FILL_NONCES`` and every tenth one past it, 2.0 (not valid) for the others."""
-
-    max_model_len = 64
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
         await asyncio.sleep(CALL_S)
         return PoCBatchResult(nonces=nonces,
                               distances=[1.0 if n < FILL_NONCES or n % 10 == 0 else 2.0 for n in nonces])
-
-    def model_info(self) -> dict:
-        return {"model": "stand-in", "model_path": "/nowhere", "hidden_size": 32, "max_model_len": 64}
-
-    async def check_health(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-async def stand_in_engine(config) -> StandInEngine:
-    return StandInEngine()
 
 
 def checked(http: httpx.Client) -> int:
@@ -132,7 +118,7 @@ def main() -> None:
     app_args = PoCAppArgs(model="stand-in", engine_num_cpus=0, num_engine_replicas=2,
                           engine=dict(max_model_len=64, max_num_batched_tokens=4096, poc_forwards_per_call=4))
     engine = PoCEngineDeployment.options(**engine_deployment_options(app_args)).bind(
-        app_args.engine, engine_factory=stand_in_engine)
+        app_args.engine, engine_factory=ValidShareEngine.factory)
     ingress = PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, app_args)
     serve.run(ingress, name="status", route_prefix="/")
     base = f"http://127.0.0.1:{PORT}"

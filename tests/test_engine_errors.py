@@ -21,6 +21,7 @@ from poc_serve.engine.protocol import PoCBatchResult
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.engine_deployment import PoCEngineDeployment
 from poc_serve.serve.ingress import PoCIngress
+from poc_serve.testing.stand_in import StandInEngine
 
 from tests.local_serve import local_serve
 
@@ -29,23 +30,13 @@ PROOF = dict(block_hash="err_block", block_height=1, public_key="err_key", nonce
 CAUSE = "Forward context is not set. Please use `set_forward_context` to set the forward context."
 
 
-class FailingEngine:
+class FailingEngine(StandInEngine):
     """Starts, then fails every PoC call as vLLM's fused-MoE layer did outside a forward context."""
 
     max_model_len = 256
 
     async def compute(self, round, nonces, return_hidden=False) -> PoCBatchResult:
         raise RuntimeError(f"Worker failed with error '{CAUSE}', please check the stack trace above")
-
-    async def check_health(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-async def failing_engine(config):
-    return FailingEngine()
 
 
 async def engine_that_never_starts(config):
@@ -69,7 +60,7 @@ def base_url():
 def test_failing_poc_call_answers_json_naming_the_cause(base_url):
     """/validate answers 502 with ``{"detail": "PoC forward failed on the engine: <cause>"}``, not a
     bare Internal Server Error; the node keeps answering afterwards."""
-    serve.run(_app(failing_engine, "failing"), name="failing", route_prefix="/failing")
+    serve.run(_app(FailingEngine.factory, "failing"), name="failing", route_prefix="/failing")
     with httpx.Client(base_url=f"{base_url}/failing/api/v1/pow", timeout=60) as client:
         assert client.post("/init/validate", json=ROUND).status_code == 200
         answer = client.post("/validate", json=PROOF)

@@ -19,7 +19,7 @@ from schemathesis import GenerationMode
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from tests.local_serve import local_serve, run_app
-from tests.test_serve_fast import stand_in_engine
+from tests.test_serve_fast import NonceDerivedEngine
 
 V1 = "/api/v1/pow"
 V2 = "/api/v1/inference/pow"
@@ -34,7 +34,7 @@ def base():
         # Callbacks to the fuzzed URLs give up fast.
         args = PoCAppArgs(model=MODEL, engine_num_cpus=0, callback_timeout_s=0.5, callback_backoff_s=0.1,
                           engine=dict(max_model_len=64, max_num_batched_tokens=256))
-        run_app(args, stand_in_engine, "fuzz")
+        run_app(args, NonceDerivedEngine.factory, "fuzz")
         yield url
 
 

@@ -41,7 +41,7 @@ from tests.net import free_port
 from tests.receiver import CallbackReceiver
 from tests.test_deploy import load_grafana_dashboard
 from tests.test_multinode import wait_until
-from tests.test_v2_http import StandInEngine
+from tests.test_v2_http import ArtifactEngine
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "deploy" / "prometheus" / "poc_serve.rules.yml"
@@ -96,7 +96,7 @@ def test_alert_rules_pass_promtool(prometheus_binaries):
 
 # ------------------------------------------------------------------------------ the cluster
 
-class FaultyStandInEngine(StandInEngine):
+class FaultyStandInEngine(ArtifactEngine):
     """v1 distances (one nonce in ten valid at r_target 1.4) and v2 artifacts derived from the
     nonces. The first call of each method fails, as on a replica that died and was replaced."""
 
@@ -121,10 +121,6 @@ class FaultyStandInEngine(StandInEngine):
         return result
 
 
-async def faulty_stand_in_engine(config):
-    return FaultyStandInEngine()
-
-
 @pytest.fixture(scope="module")
 def cluster():
     """A local Ray cluster of this module's own (its temp dir holds the service-discovery file)
@@ -140,7 +136,7 @@ def cluster():
                           callback_backoff_s=0.05, callback_backoff_cap_s=0.1,
                           engine=dict(max_model_len=64, max_num_batched_tokens=256))
         engine = PoCEngineDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
-            args.engine, engine_factory=faulty_stand_in_engine)
+            args.engine, engine_factory=FaultyStandInEngine.factory)
         serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name="poc",
                   route_prefix="/")
         yield dict(temp_dir=temp_dir, base=f"http://127.0.0.1:{http_port}",

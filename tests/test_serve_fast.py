@@ -18,6 +18,7 @@ import pytest
 
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult, PoCRound
 from poc_serve.serve.config import PoCAppArgs
+from poc_serve.testing.stand_in import StandInEngine
 from tests.local_serve import local_serve, run_app
 from tests.receiver import CallbackReceiver
 from tests.test_v2_service import artifact
@@ -37,11 +38,9 @@ def distance(round: PoCRound, nonce: int) -> float:
     return 1.3 + 0.2 * int.from_bytes(digest[:4], "little") / 2**32
 
 
-class StandInEngine:
+class NonceDerivedEngine(StandInEngine):
     """Distances and artifacts derived from the nonces, 20 ms per call, and a three-token
     completion: the engine protocol without vLLM."""
-
-    max_model_len = 64
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
         await asyncio.sleep(0.02)
@@ -51,9 +50,6 @@ class StandInEngine:
         await asyncio.sleep(0.02)
         return ArtifactBatchResult(nonces=nonces, artifacts=[artifact(round, n) for n in nonces])
 
-    def model_info(self) -> dict:
-        return {"model": "stand-in", "model_path": "/nowhere/stand-in", "hidden_size": 32, "max_model_len": 64}
-
     def chat_prompt(self, messages: list[dict]) -> str:
         return " ".join(m["content"] for m in messages)
 
@@ -62,23 +58,13 @@ class StandInEngine:
             yield {"text": f"t{i} ", "token_ids": [i], "finish_reason": None if i + 1 < sampling["max_tokens"]
                    else "length", "prompt_tokens": 1, "completion_tokens": i + 1}
 
-    async def check_health(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-async def stand_in_engine(config) -> StandInEngine:
-    return StandInEngine()
-
 
 @pytest.fixture(scope="module")
 def base():
     with local_serve() as url:
         args = PoCAppArgs(model="stand-in", engine_num_cpus=0, callback_interval_s=0.2, log_interval_s=0.2,
                           engine=dict(max_model_len=64, max_num_batched_tokens=128, poc_forwards_per_call=1))
-        run_app(args, stand_in_engine, "fast")
+        run_app(args, NonceDerivedEngine.factory, "fast")
         yield url
 
 

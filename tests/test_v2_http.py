@@ -12,6 +12,7 @@ import pytest
 
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult
 from poc_serve.serve.config import PoCAppArgs
+from poc_serve.testing.stand_in import StandInEngine
 from tests.local_serve import local_serve, run_app
 from tests.receiver import CallbackReceiver
 from tests.test_v2_service import artifact
@@ -24,10 +25,8 @@ V1_ROUND = {"block_hash": "b", "block_height": 1, "public_key": "k", "r_target":
             "node_count": 1, "seq_len": 16}
 
 
-class StandInEngine:
+class ArtifactEngine(StandInEngine):
     """Artifacts derived from the nonces, a little slower than nothing, like an engine."""
-
-    max_model_len = 64
 
     async def compute(self, round, nonces, return_hidden=False) -> PoCBatchResult:
         return PoCBatchResult(nonces=nonces, distances=[1.5] * len(nonces))
@@ -38,26 +37,13 @@ class StandInEngine:
         await asyncio.sleep(0.02)
         return ArtifactBatchResult(nonces=nonces, artifacts=[artifact(round, n) for n in nonces])
 
-    def model_info(self) -> dict:
-        return {"model": "stand-in", "model_path": "/nowhere/stand-in", "hidden_size": 32, "max_model_len": 64}
-
-    async def check_health(self) -> None:
-        pass
-
-    def shutdown(self) -> None:
-        pass
-
-
-async def stand_in_engine(config):
-    return StandInEngine()
-
 
 @pytest.fixture(scope="module")
 def base():
     with local_serve() as url:
         args = PoCAppArgs(model="stand-in", num_engine_replicas=2, engine_num_cpus=0, callback_interval_s=0.3,
                           log_interval_s=0.3, engine=dict(max_model_len=64, max_num_batched_tokens=256))
-        run_app(args, stand_in_engine, "v2")
+        run_app(args, ArtifactEngine.factory, "v2")
         yield url
 
 

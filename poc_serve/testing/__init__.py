@@ -1,2 +1,3 @@
-"""What the tests and the GPU benchmarks share: the independent transformers reference and the
-engine checks built on it (no pytest here; transformers is a core dependency)."""
+"""What the tests and the benchmarks share: the independent transformers reference, the
+engine checks built on it, and the stand-in engine base (no pytest here; transformers is a core
+dependency)."""
