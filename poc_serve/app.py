@@ -1,8 +1,10 @@
-"""The poc_serve application: ``serve run serve_config.yaml`` imports :func:`build_app`."""
+"""The poc_serve application: ``serve run serve_config.yaml`` imports :func:`build_app`, the one
+place where the deployments are assembled (tests and benchmarks call it too, with a stand-in
+``engine_factory``)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 from ray.serve import Application
 
@@ -41,10 +43,13 @@ def engine_deployment_options(args: PoCAppArgs) -> dict[str, Any]:
     return options
 
 
-def build_app(args: dict[str, Any]) -> Application:
-    """Application builder: validate ``args`` (:class:`PoCAppArgs`) and wire the deployments."""
-    app_args = PoCAppArgs.model_validate(args)
-    engine = PoCEngineDeployment.options(**engine_deployment_options(app_args)).bind(app_args.engine)
+def build_app(args: dict[str, Any] | PoCAppArgs,
+              engine_factory: Callable[[Any], Awaitable[Any]] | None = None) -> Application:
+    """Application builder: validate ``args`` (:class:`PoCAppArgs`) and wire the deployments.
+    ``engine_factory`` (tests, benchmarks) builds each replica's engine instead of vLLM."""
+    app_args = args if isinstance(args, PoCAppArgs) else PoCAppArgs.model_validate(args)
+    factory = {"engine_factory": engine_factory} if engine_factory else {}
+    engine = PoCEngineDeployment.options(**engine_deployment_options(app_args)).bind(app_args.serving(), **factory)
     ingress_actor = {"num_cpus": 0, **({"resources": dict(app_args.ingress_resources)}
                                        if app_args.ingress_resources else {})}
     return PoCIngress.options(ray_actor_options=ingress_actor).bind(engine, app_args)

@@ -10,10 +10,8 @@ from typing import Any, Awaitable, Callable, Iterator
 import ray
 from ray import serve
 
-from poc_serve.app import engine_deployment_options
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.serve.engine_deployment import PoCEngineDeployment
-from poc_serve.serve.ingress import PoCIngress
+from poc_serve.app import build_app
 from tests.net import free_port
 
 
@@ -32,6 +30,4 @@ def local_serve(num_cpus: int = 4) -> Iterator[str]:
 
 def run_app(args: PoCAppArgs, engine_factory: Callable[[Any], Awaitable[Any]], name: str) -> None:
     """Deploy the ingress over an engine deployment whose engine ``engine_factory`` builds, at /."""
-    engine = PoCEngineDeployment.options(**engine_deployment_options(args)).bind(
-        args.engine, engine_factory=engine_factory)
-    serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name=name, route_prefix="/")
+    serve.run(build_app(args, engine_factory), name=name, route_prefix="/")

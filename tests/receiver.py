@@ -13,6 +13,10 @@ from typing import Any
 
 from aiohttp import web
 
+# How long stop() lets requests in flight finish before it cancels them (aiohttp's default is
+# 60 s, past stop()'s own 10 s wait: a callback POST in flight made stop() time out). A cancelled
+# request is what a real outage looks like to the sender: a connection error, then a retry.
+STOP_GRACE_S = 0.5
 
 class CallbackReceiver:
     """Listens on 127.0.0.1 at a fixed free port; `stop()`/`start()` simulate an outage."""
@@ -107,7 +111,7 @@ class CallbackReceiver:
             return
         app = web.Application()
         app.router.add_post("/{path:.*}", self._handle)
-        runner = web.AppRunner(app)
+        runner = web.AppRunner(app, shutdown_timeout=STOP_GRACE_S)
         await runner.setup()
         sock = self._socket if self._socket is not None else self._bind(self.port)
         self._socket = None

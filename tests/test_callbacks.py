@@ -6,7 +6,7 @@ import logging
 import pytest
 from tests.receiver import CallbackReceiver
 
-from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.core.callbacks import CallbackSender
 
 FAST = {"backoff_base": 0.05, "backoff_cap": 0.2}
 

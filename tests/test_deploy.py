@@ -26,7 +26,7 @@ import yaml
 
 from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.config_check import POC_IMPORT_PATH, check_serve_config
-from poc_serve.serve.metrics import EXPORTED_NAMES
+from poc_serve.serve.core.metrics import EXPORTED_NAMES
 
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"

@@ -17,10 +17,10 @@ import pytest
 from ray import serve
 from ray.serve import api as serve_api
 
-from poc_serve.engine.protocol import PoCBatchResult
+from poc_serve.engine.protocol import PoCBatchResult, PoCRound
 from poc_serve.serve.config import PoCAppArgs
+from poc_serve.app import build_app
 from poc_serve.serve.engine_deployment import PoCEngineDeployment
-from poc_serve.serve.ingress import PoCIngress
 from poc_serve.testing.stand_in import StandInEngine
 
 from tests.local_serve import local_serve
@@ -44,11 +44,9 @@ async def engine_that_never_starts(config):
 
 
 
-def _app(factory, name: str):
-    args = PoCAppArgs(model="stand-in", engine=dict(max_model_len=256, max_num_batched_tokens=1024))
-    engine = PoCEngineDeployment.options(name=f"{name}_engine", ray_actor_options={"num_cpus": 0}).bind(
-        args.engine, engine_factory=factory)
-    return PoCIngress.options(name=f"{name}_ingress", ray_actor_options={"num_cpus": 0}).bind(engine, args)
+def _app(factory):
+    return build_app(PoCAppArgs(model="stand-in", engine_num_cpus=0,
+                                engine=dict(max_model_len=256, max_num_batched_tokens=1024)), factory)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +58,7 @@ def base_url():
 def test_failing_poc_call_answers_json_naming_the_cause(base_url):
     """/validate answers 502 with ``{"detail": "PoC forward failed on the engine: <cause>"}``, not a
     bare Internal Server Error; the node keeps answering afterwards."""
-    serve.run(_app(FailingEngine.factory, "failing"), name="failing", route_prefix="/failing")
+    serve.run(_app(FailingEngine.factory), name="failing", route_prefix="/failing")
     with httpx.Client(base_url=f"{base_url}/failing/api/v1/pow", timeout=60) as client:
         assert client.post("/init/validate", json=ROUND).status_code == 200
         answer = client.post("/validate", json=PROOF)
@@ -78,7 +76,7 @@ def test_no_engine_answers_503_within_seconds(base_url):
     within 2 s (plus HTTP overhead) instead of waiting for a replica that may never come, and
     /status says the model is not initialised."""
     # serve.run would wait for the engine; its non-waiting form deploys and returns.
-    serve_api._run(_app(engine_that_never_starts, "starting"), name="starting", route_prefix="/starting",
+    serve_api._run(_app(engine_that_never_starts), name="starting", route_prefix="/starting",
                    _blocking=False)
     with httpx.Client(base_url=f"{base_url}/starting/api/v1/pow", timeout=60) as client:
         deadline = time.time() + 60  # the ingress comes up; the engine never does
@@ -97,7 +95,7 @@ def test_no_engine_answers_503_within_seconds(base_url):
         took = time.monotonic() - started
         assert answer.status_code == 503, answer.text
         assert "no engine replica is ready" in answer.json()["detail"]
-        assert "starting_engine" in answer.json()["detail"]  # the deployment and its state are named
+        assert "PoCEngineDeployment UPDATING" in answer.json()["detail"]  # the deployment and its state are named
         assert "no engine replica is ready" in client.get("/status").json()["engine_error"]
         assert int(answer.headers["retry-after"]) > 0
         assert took < 4, f"503 took {took:.1f}s"
@@ -112,7 +110,7 @@ def test_failed_engine_deployment_is_named_in_status_and_503s(base_url):
     """An engine deployment whose replicas fail to start: /status says so (is_model_initialized
     false and engine_error with Serve's state and the constructor's error), and every call that
     needs the engine (v1 validation, OpenAI inference) answers 503 within seconds naming it."""
-    serve_api._run(_app(engine_that_fails_to_start, "broken"), name="broken", route_prefix="/broken",
+    serve_api._run(_app(engine_that_fails_to_start), name="broken", route_prefix="/broken",
                    _blocking=False)
     with httpx.Client(base_url=f"{base_url}/broken", timeout=60) as client:
         def named() -> dict | None:
@@ -128,7 +126,7 @@ def test_failed_engine_deployment_is_named_in_status_and_503s(base_url):
             status = named()
             time.sleep(1)
         assert status, "the engine's start error never appeared in /status"
-        assert status["is_model_initialized"] is False and "broken_engine" in status["engine_error"]
+        assert status["is_model_initialized"] is False and "PoCEngineDeployment" in status["engine_error"]
         started = time.monotonic()
         completion = client.post("/v1/completions", json={"model": "stand-in", "prompt": "hi"})
         assert completion.status_code == 503 and int(completion.headers["retry-after"]) > 0
@@ -148,10 +146,10 @@ def test_engine_failure_is_logged_once_with_model_and_shape(caplog):
 
     deployment = PoCEngineDeployment.func_or_class.__new__(PoCEngineDeployment.func_or_class)
     args = PoCAppArgs(model="stand-in-model", engine=dict(max_model_len=256, max_num_batched_tokens=1024))
-    deployment.config, deployment.engine = args.engine, FailingEngine()
+    deployment.serving, deployment.engine = args.serving(), FailingEngine()
     with caplog.at_level(logging.ERROR, logger="ray.serve.poc_serve"):
         with pytest.raises(PoCComputeError) as raised:
-            asyncio.run(deployment.compute(dict(block_hash="b", public_key="k", seq_len=16), [1, 2, 3]))
+            asyncio.run(deployment.compute(PoCRound(block_hash="b", public_key="k", seq_len=16), [1, 2, 3]))
     assert raised.value.reason.startswith("PoC forward failed on the engine: ") and CAUSE in raised.value.reason
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1

@@ -17,7 +17,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.serve.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
+from poc_serve.serve.http.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
 from tests.local_serve import local_serve, run_app
 from tests.test_serve_fast import NonceDerivedEngine
 

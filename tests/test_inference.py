@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from poc_serve.serve.inference import InferenceService
-from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
+from poc_serve.serve.openai.service import InferenceService
+from poc_serve.serve.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 MODEL = "poc-tiny-qwen3"
 
@@ -18,14 +18,27 @@ def chunk(text: str, finish: str | None = None, done: int = 1) -> dict:
     return {"text": text, "token_ids": [1], "finish_reason": finish, "prompt_tokens": 3, "completion_tokens": done}
 
 
-def service(chunks: list, busy: str | None = None) -> InferenceService:
-    async def generate(request: dict):
-        for item in chunks:
+class ChunkEngine:
+    """An engine client whose every inference stream is ``chunks`` (an exception raises there)."""
+
+    served_model_name = MODEL
+    inference_down = None
+
+    def __init__(self, chunks: list):
+        self._chunks = chunks
+
+    async def unavailable(self) -> None:
+        return None
+
+    async def generate(self, request: dict):
+        for item in self._chunks:
             if isinstance(item, Exception):
                 raise item
             yield item
 
-    return InferenceService(generate=generate, model_name=MODEL, busy_reason=lambda: busy, retry_after_s=7)
+
+def service(chunks: list, busy: str | None = None) -> InferenceService:
+    return InferenceService(ChunkEngine(chunks), busy_reason=lambda: busy, retry_after_s=7)
 
 
 def completion(**fields) -> CompletionRequest:

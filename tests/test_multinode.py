@@ -35,7 +35,7 @@ from ray.util.state import list_actors
 
 from poc_serve.app import build_app
 from poc_serve.poc import r_target_for
-from poc_serve.serve.metrics import EXPORTED_NAMES
+from poc_serve.serve.core.metrics import EXPORTED_NAMES
 from tests.net import free_port
 from tests.receiver import CallbackReceiver
 from tests.test_deploy import grafana_metric_names, load_grafana_dashboard

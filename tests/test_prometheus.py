@@ -34,9 +34,8 @@ from ray import serve
 
 from poc_serve.engine.protocol import ArtifactBatchResult, PoCBatchResult
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.serve.engine_deployment import PoCEngineDeployment
-from poc_serve.serve.ingress import PoCIngress
-from poc_serve.serve.metrics import EXPORTED_NAMES
+from poc_serve.app import build_app
+from poc_serve.serve.core.metrics import EXPORTED_NAMES
 from tests.net import free_port
 from tests.receiver import CallbackReceiver
 from tests.test_deploy import load_grafana_dashboard
@@ -133,12 +132,10 @@ def cluster():
     try:
         serve.start(http_options={"host": "127.0.0.1", "port": http_port})
         args = PoCAppArgs(model="stand-in", num_engine_replicas=1, callback_interval_s=0.5, log_interval_s=0.5,
+                          engine_num_cpus=0,
                           callback_backoff_s=0.05, callback_backoff_cap_s=0.1,
                           engine=dict(max_model_len=64, max_num_batched_tokens=256))
-        engine = PoCEngineDeployment.options(ray_actor_options={"num_cpus": 0}).bind(
-            args.engine, engine_factory=FaultyStandInEngine.factory)
-        serve.run(PoCIngress.options(ray_actor_options={"num_cpus": 0}).bind(engine, args), name="poc",
-                  route_prefix="/")
+        serve.run(build_app(args, FaultyStandInEngine.factory), name="poc", route_prefix="/")
         yield dict(temp_dir=temp_dir, base=f"http://127.0.0.1:{http_port}",
                    dashboard=f"http://127.0.0.1:{dashboard_port}")
     finally:

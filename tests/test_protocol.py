@@ -4,7 +4,7 @@ import pytest
 from pydantic import BaseModel
 from pydantic import ValidationError
 
-from poc_serve.serve.protocol import (
+from poc_serve.serve.pow_v1.protocol import (
     MAX_VALIDATION_BATCH,
     ControlResponse,
     PoCInitRequest,
@@ -201,8 +201,8 @@ def test_status_carries_state_under_both_names_and_keeps_validation_apart():
 
 
 @pytest.mark.parametrize("module,count", [
-    ("poc_serve.serve.protocol", 7), ("poc_serve.serve.openai_protocol", 4), ("poc_serve.serve.config", 1),
-    ("poc_serve.engine.config", 1), ("poc_serve.engine.protocol", 4), ("poc_serve.serve.artifact_protocol", 20)])
+    ("poc_serve.serve.pow_v1.protocol", 7), ("poc_serve.serve.openai.protocol", 4), ("poc_serve.serve.config", 1),
+    ("poc_serve.engine.config", 1), ("poc_serve.engine.protocol", 4), ("poc_serve.serve.pow_v2.protocol", 21)])
 def test_every_field_is_described(module, count):
     import importlib
 

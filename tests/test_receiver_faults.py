@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import asyncio
 
-from poc_serve.serve.callbacks import CallbackSender
-from poc_serve.serve.round_manager import RoundManager
+from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.pow_v1.service import RoundManager
 from tests.receiver import CallbackReceiver
 from tests.test_round_manager import FlakyEngine, _req
 

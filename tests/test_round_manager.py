@@ -11,10 +11,11 @@ import torch
 
 from poc_serve.engine.protocol import PoCRound
 from poc_serve.poc import nonce_distances
-from poc_serve.serve import generation
-from poc_serve.serve.callbacks import CallbackSender
-from poc_serve.serve.protocol import PoCInitRequest
-from poc_serve.serve.round_manager import RoundError, RoundManager
+from poc_serve.serve.core import driver as generation
+from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.pow_v1.protocol import PoCInitRequest
+from poc_serve.serve.core.errors import ServiceError
+from poc_serve.serve.pow_v1.service import RoundManager
 from tests.receiver import CallbackReceiver
 
 HIDDEN = 32
@@ -99,17 +100,17 @@ def test_stop_counts_in_flight_batches_and_flushes_them_to_the_receiver():
 def test_state_rules():
     async def run():
         mgr = _manager(FlakyEngine(), CallbackSender())
-        with pytest.raises(RoundError) as e:
+        with pytest.raises(ServiceError) as e:
             await mgr.phase_generate()
         assert e.value.status_code == 400
-        with pytest.raises(RoundError) as e:
+        with pytest.raises(ServiceError) as e:
             await mgr.init(_req(seq_len=129))
         assert e.value.status_code == 400 and "max_model_len" in str(e.value)
         await mgr.init_generate(_req())
         await mgr.init_generate(_req())  # identical: no-op
         assert mgr.state == "GENERATING"
         for call in (mgr.init(_req()), mgr.init_generate(_req(block_height=2))):
-            with pytest.raises(RoundError) as e:
+            with pytest.raises(ServiceError) as e:
                 await call
             assert e.value.status_code == 409
         await mgr.init_validate(_req(node_id=-1, node_count=-1))
@@ -148,7 +149,7 @@ def test_a_batch_failing_as_the_round_stops_is_computed_before_the_driver_ends()
     still computed (one more attempt), so the computed nonces have no hole; a batch that fails
     again after stop goes back to the nonce sequence for a resume instead of looping."""
     from poc_serve.poc.nonces import NonceSequence
-    from poc_serve.serve.generation import drive_batches
+    from poc_serve.serve.core.driver import drive_batches
 
     async def run(fail_again: bool):
         stop, computed, calls = asyncio.Event(), [], [0]

@@ -8,10 +8,10 @@ from __future__ import annotations
 import asyncio
 import time
 
-from poc_serve.serve import round_store
-from poc_serve.serve.callbacks import CallbackSender
-from poc_serve.serve.round_manager import RoundManager
-from poc_serve.serve.round_store import MemoryStore, RoundJournal, RoundSnapshot
+from poc_serve.serve.core import store as round_store
+from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.pow_v1.service import RoundManager
+from poc_serve.serve.core.store import MemoryStore, RoundJournal, RoundSnapshot
 from tests.receiver import CallbackReceiver
 from tests.test_round_manager import FlakyEngine, _req
 
@@ -234,7 +234,7 @@ def test_a_shutdown_abandons_batches_whose_engine_is_gone_and_the_next_replica_c
 def test_accepted_v2_jobs_run_after_a_crash_under_their_ids():
     """A queued job is saved before it is answered; the replica after a crash runs the jobs not
     done with (queued, running, or their result not delivered) and sends their results."""
-    from poc_serve.serve.round_store import JobJournal
+    from poc_serve.serve.core.store import JobJournal
     from tests.test_v2_service import URL_PATH, StandInEngine, gen_request, wired
 
     store = MemoryStore()
@@ -268,8 +268,8 @@ def test_accepted_v2_jobs_run_after_a_crash_under_their_ids():
 
 
 def test_a_v2_job_that_cannot_be_saved_is_refused_not_lost():
-    from poc_serve.serve.generation import RoundError
-    from poc_serve.serve.round_store import JobJournal
+    from poc_serve.serve.core.errors import ServiceError
+    from poc_serve.serve.core.store import JobJournal
     from tests.test_v2_service import StandInEngine, gen_request, wired
 
     store = MemoryStore()
@@ -283,7 +283,7 @@ def test_a_v2_job_that_cannot_be_saved_is_refused_not_lost():
     async def run():
         try:
             await svc.generate(gen_request([1, 2]))
-        except RoundError as exc:
+        except ServiceError as exc:
             return exc
 
     error = asyncio.run(run())
@@ -292,7 +292,7 @@ def test_a_v2_job_that_cannot_be_saved_is_refused_not_lost():
 
 
 def test_a_checkpoint_that_cannot_be_read_leaves_a_new_replica_idle_and_working(caplog):
-    from poc_serve.serve.ingress import _resume, _resume_from
+    from poc_serve.serve.ingress import _resume
 
     store = MemoryStore()
     RoundJournal(store, "app/v1-round").write(RoundSnapshot({"round_id": "a", "valid": 3}, [1, 2, 3], [0.1] * 3))
@@ -300,7 +300,7 @@ def test_a_checkpoint_that_cannot_be_read_leaves_a_new_replica_idle_and_working(
 
     async def run():
         mgr = _manager(FlakyEngine(), store)
-        _resume("the v1 round", lambda: _resume_from(mgr._checkpointer.journal, mgr.resume))
+        _resume("the v1 round", mgr.resume, mgr._checkpointer.journal)
         await mgr.init_generate(_req(r_target=2.0))  # the node works as a fresh one
         while mgr.gen.checked < 20:
             await asyncio.sleep(0.01)

@@ -389,7 +389,7 @@ def test_a_graceful_shutdown_sends_what_was_found_and_a_redeploy_resumes_the_rou
     """`serve delete` (as `serve shutdown`, SIGTERM of `serve run` or a redeploy) mid-round: the
     ingress sends the valid nonces found before it exits and saves the round; the redeployed app
     goes on generating it and sends only what is new."""
-    from poc_serve.serve.round_store import RayKVStore, RoundJournal
+    from poc_serve.serve.core.store import RayKVStore, RoundJournal
 
     body = {**ROUND, "r_target": 2.0, "node_id": 0, "node_count": 1, "block_hash": "shutdown", "url": receiver.url}
     _post(client, "/init/generate", body)

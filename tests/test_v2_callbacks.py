@@ -7,7 +7,7 @@ import logging
 
 import httpx
 
-from poc_serve.serve.callbacks import CallbackSender
+from poc_serve.serve.core.callbacks import CallbackSender
 from tests.receiver import CallbackReceiver
 
 FAST = {"backoff_base": 0.01, "backoff_cap": 0.02}

@@ -3,7 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
-from poc_serve.serve.artifact_protocol import GenerateRequest, GenerationInit, StatTest
+from poc_serve.serve.pow_v2.protocol import GenerateRequest, GenerationInit, StatTest
 
 ROUND = {"block_hash": "bh", "block_height": 7, "public_key": "pk", "node_id": 0, "node_count": 1,
          "params": {"model": "m", "seq_len": 1024}}

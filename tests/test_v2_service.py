@@ -16,14 +16,14 @@ import torch
 from poc_serve.engine.protocol import ArtifactRound, PoCRound
 from poc_serve.poc.artifacts import encode_artifact
 from poc_serve.poc.nonces import NonceSequence
-from poc_serve.serve.artifact_protocol import GenerateRequest, GenerationInit
-from poc_serve.serve.artifact_service import ArtifactService
-from poc_serve.serve import generation
-from poc_serve.serve.callbacks import CallbackSender
-from poc_serve.serve.generation import RoundError
-from poc_serve.serve.policies import EnginePolicies
-from poc_serve.serve.protocol import PoCInitRequest
-from poc_serve.serve.round_manager import RoundManager
+from poc_serve.serve.pow_v2.protocol import GenerateRequest, GenerationInit
+from poc_serve.serve.pow_v2.service import ArtifactService
+from poc_serve.serve.core import driver as generation
+from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.core.errors import ServiceError
+from poc_serve.serve.core.policies import EnginePolicies
+from poc_serve.serve.pow_v1.protocol import PoCInitRequest
+from poc_serve.serve.pow_v1.service import RoundManager
 from tests.receiver import CallbackReceiver
 
 MODEL = {"model": "org/model", "model_path": "/models/org-model", "hidden_size": 64, "max_model_len": 128}
@@ -101,8 +101,8 @@ async def job_state(svc: ArtifactService, request_id: str) -> dict:
     return svc.job_state(request_id)
 
 
-async def raises(status: int, coro) -> RoundError:
-    with pytest.raises(RoundError) as info:
+async def raises(status: int, coro) -> ServiceError:
+    with pytest.raises(ServiceError) as info:
         await coro
     assert info.value.status_code == status, info.value.detail
     return info.value

@@ -7,6 +7,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 WORKER_EXTENSION = "poc_serve.engine.worker_extension.PoCWorkerExtension"
+# The logits processor of the network's inference extensions (worker_extension.py says how it works).
+INFERENCE_LOGITS_PROCESSOR = "poc_serve.engine.worker_extension:InferenceLogitsProcessor"
 # Keys renamed when sizes got one vocabulary (docs/design.md, "Sizes"): an old config fails with
 # the new name instead of a bare "extra inputs are not permitted".
 RENAMED_KEYS = {"max_poc_batch_size": "max_poc_forward_size"}
@@ -58,6 +60,28 @@ class EngineConfig(BaseModel):
     engine_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Further vllm AsyncEngineArgs fields, passed through unchanged.")
     rpc_timeout_s: float = Field(600.0, gt=0, description="Longest a PoC batch may take before it counts as failed.")
+    # Inference as the network sends it (spec ml-node.md section 5; poc_serve/engine/openai_server.py).
+    inference_extensions: bool = Field(
+        True, description="Build the engine with the network's inference extensions (a logits processor and a "
+                          "hook on vLLM's sampler): per-request logprobs_mode and enforced_tokens replay. On, "
+                          "the engine's own logprobs_mode is processed_logprobs (the hook swaps in raw "
+                          "logprobs per request).")
+    served_model_name: list[str] | None = Field(
+        None, description="Names the OpenAI routes answer to; the first is the one responses carry and "
+                          "/v1/models lists first. None: the `model` setting.")
+    logprob_tokens: Literal["ids", "text"] = Field(
+        "ids", description="Logprob tokens in OpenAI answers: 'ids' renders every content[].token and "
+                           "top_logprobs[].token as its decimal token id (bytes: of that string), the network's "
+                           "format; 'text' gives vLLM's decoded text.")
+    logprobs_mode: Literal["processed_logprobs", "raw_logprobs"] = Field(
+        "processed_logprobs", description="Logprobs of a request that names no logprobs_mode: after "
+                                          "temperature, top-k, top-p and the other processors (filtered "
+                                          "tokens -9999), or the model's raw log-softmax.")
+    tool_call_parser: str | None = Field(None, description="vLLM tool-call parser name (--tool-call-parser).")
+    enable_auto_tool_choice: bool = Field(False, description="vLLM's --enable-auto-tool-choice.")
+    reasoning_parser: str | None = Field(None, description="vLLM reasoning parser name (--reasoning-parser).")
+    chat_template: str | None = Field(
+        None, description="Chat template (a path or the template itself); None: the model's own.")
 
     @model_validator(mode="before")
     @classmethod

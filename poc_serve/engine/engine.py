@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
 
-from poc_serve.engine.config import WORKER_EXTENSION, EngineConfig
+from poc_serve.engine.config import INFERENCE_LOGITS_PROCESSOR, WORKER_EXTENSION, EngineConfig
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult, PoCRound
 from poc_serve.engine.quantization import check_batch_independent
 from poc_serve.models.tiny import resolve_model
+
+if TYPE_CHECKING:
+    from poc_serve.engine.openai_server import OpenAIServer
 
 logger = logging.getLogger("ray.serve.poc_serve")
 
@@ -57,6 +60,14 @@ class PoCEngine:
             # calls: an inference step could then meet the PoC call's swapped attention.
             raise ValueError("pipeline_parallel_size > 1 needs vLLM's default Ray executor; unset "
                              "VLLM_USE_RAY_V2_EXECUTOR_BACKEND=0 in engine_env")
+        extra = dict(cfg.engine_kwargs)
+        if cfg.inference_extensions:
+            # The network's extensions (worker_extension.py): the sampler computes processed
+            # logprobs and the hook swaps in raw ones per request.
+            from poc_serve.engine.vllm_compat import ENGINE_LOGPROBS_MODE
+
+            extra["logits_processors"] = [*(extra.get("logits_processors") or []), INFERENCE_LOGITS_PROCESSOR]
+            extra["logprobs_mode"] = ENGINE_LOGPROBS_MODE
         return AsyncEngineArgs(
             model=self.model_path,
             dtype=cfg.dtype,
@@ -70,7 +81,7 @@ class PoCEngine:
             enforce_eager=cfg.enforce_eager,
             skip_tokenizer_init=cfg.skip_tokenizer_init,
             worker_extension_cls=WORKER_EXTENSION,
-            **cfg.engine_kwargs,
+            **extra,
         )
 
     async def start(self) -> None:
@@ -90,6 +101,8 @@ class PoCEngine:
         self.llm = AsyncLLM.from_engine_args(args)
         self.max_model_len = self.llm.model_config.max_model_len
         self.hidden_size = self.llm.model_config.get_hidden_size()
+        if self.config.inference_extensions:
+            await self.llm.collective_rpc("poc_install_sampler_hook", timeout=self.config.rpc_timeout_s)
         if on_gpu:
             try:
                 self.memory_probes = await self.check_memory()
@@ -243,6 +256,21 @@ class PoCEngine:
                    "finish_reason": completion.finish_reason, "prompt_tokens": len(out.prompt_token_ids or []),
                    "completion_tokens": len(completion.token_ids)}
             sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
+
+    def openai_server(self) -> "OpenAIServer":
+        """vLLM's OpenAI serving over this engine with the network's extensions, configured by
+        the engine config (``served_model_name``, ``logprob_tokens``, ``logprobs_mode``, parsers)."""
+        from poc_serve.engine.openai_server import OpenAIServer
+
+        if self.llm is None:
+            raise RuntimeError("engine not started")
+        cfg = self.config
+        return OpenAIServer(self.llm, cfg.served_model_name or [cfg.model], self.model_path,
+                            logprob_tokens=cfg.logprob_tokens, logprobs_mode=cfg.logprobs_mode,
+                            tool_call_parser=cfg.tool_call_parser,
+                            enable_auto_tool_choice=cfg.enable_auto_tool_choice,
+                            reasoning_parser=cfg.reasoning_parser, chat_template=cfg.chat_template,
+                            extensions=cfg.inference_extensions)
 
     async def check_health(self) -> None:
         """Raise if the engine core is dead, or its last PoC v2 calls kept giving non-finite artifacts."""

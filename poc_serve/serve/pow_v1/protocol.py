@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from poc_serve.poc import Randomization
-from poc_serve.serve.bounds import Int64, Nonce, PositiveInt64
+from poc_serve.serve.http.bounds import Int64, Nonce, PositiveInt64
 
 State = Literal["IDLE", "GENERATING", "VALIDATING", "STOPPED"]
 

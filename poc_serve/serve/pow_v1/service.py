@@ -1,5 +1,5 @@
 """The PoC v1 round: state machine, statistics, validation; generation runs on the shared driver
-(:mod:`poc_serve.serve.generation`).
+(:mod:`poc_serve.serve.core.driver`).
 
 Knows nothing of HTTP or Ray: it computes through an injected ``compute`` coroutine (in the
 service, a call to the engine deployment's handle) so that tests can drive it directly.
@@ -15,12 +15,14 @@ from typing import Awaitable, Callable
 
 from poc_serve.engine.protocol import PoCRound
 from poc_serve.poc import NonceSequence, judge
-from poc_serve.serve.callbacks import CallbackSender
-from poc_serve.serve.generation import Every, RoundError, drive_batches, logger
-from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.protocol import (CallbackStats, PoCInitRequest, PoCStatus, ProofBatch, State, ValidatedBatch,
-                                     ValidationStats)
-from poc_serve.serve.round_store import Checkpointer, RoundJournal, RoundSnapshot
+from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.core.engine_client import EngineReadiness
+from poc_serve.serve.core.driver import Every, drive_batches
+from poc_serve.serve.core.errors import ServiceError, logger
+from poc_serve.serve.core.metrics import PoCMetrics
+from poc_serve.serve.pow_v1.protocol import (CallbackStats, PoCInitRequest, PoCStatus, ProofBatch, State,
+                                             ValidatedBatch, ValidationStats)
+from poc_serve.serve.core.store import Checkpointer, RoundJournal, RoundSnapshot
 
 ComputeFn = Callable[[PoCRound, list[int]], Awaitable[list[float]]]
 
@@ -55,8 +57,10 @@ class RoundManager:
     def __init__(self, compute: ComputeFn, call_size: Callable[[int], int], max_seq_len: int,
                  batches_in_flight: int, callbacks: CallbackSender, metrics: PoCMetrics | None = None,
                  callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
-                 generation_conflict: Callable[[], str | None] = lambda: None, journal: RoundJournal | None = None):
+                 generation_conflict: Callable[[], str | None] = lambda: None, journal: RoundJournal | None = None,
+                 readiness: EngineReadiness | None = None):
         self._compute = compute
+        self._readiness = readiness or EngineReadiness()
         # Why generation may not start now (another generation holds the engine), or None.
         self._generation_conflict = generation_conflict
         self._call_size = call_size
@@ -70,8 +74,6 @@ class RoundManager:
         self.request: PoCInitRequest | None = None
         self.gen = GenerationStats()
         self.val = ValidationStats()
-        self.engine_ready = False
-        self.engine_error: str | None = None  # why not ready, as the ingress last found out
         self._nonces: NonceSequence | None = None
         self._round_id = uuid.uuid4().hex
         self._checkpointer = Checkpointer(journal, self._snapshot) if journal else None
@@ -85,7 +87,7 @@ class RoundManager:
         """Set the round's config; state IDLE, counters reset. 409 while generating."""
         async with self._lock:
             if self.state == "GENERATING":
-                raise RoundError(409, "a round is generating: POST /stop or /phase/validate first")
+                raise ServiceError(409, "a round is generating: POST /stop or /phase/validate first")
             self._configure(req, "IDLE")
             await self._saved()
 
@@ -93,12 +95,12 @@ class RoundManager:
         """Init and start generating; a repeat of the running round's config is a no-op."""
         error = req.node_assignment_error()
         if error:
-            raise RoundError(400, error)
+            raise ServiceError(400, error)
         async with self._lock:
             if self.state == "GENERATING":
                 if self.request is not None and self.request.round_key() == req.round_key():
                     return
-                raise RoundError(409, "another round is generating: POST /stop first to change its config")
+                raise ServiceError(409, "another round is generating: POST /stop first to change its config")
             self._check_no_conflict()
             self._configure(req, "IDLE")
             self._start_generation()
@@ -117,7 +119,7 @@ class RoundManager:
             req = self._require_round()
             error = req.node_assignment_error()
             if error:
-                raise RoundError(400, error)
+                raise ServiceError(400, error)
             if self.state != "GENERATING":
                 self._check_no_conflict()
                 self._start_generation()
@@ -164,8 +166,8 @@ class RoundManager:
             public_key=req.public_key, node_id=req.node_id, node_count=req.node_count,
             seq_len=req.seq_len, randomization=req.randomization)
         return PoCStatus(
-            state=self.state, is_model_initialized=self.engine_ready,
-            engine_error=None if self.engine_ready else self.engine_error,
+            state=self.state, is_model_initialized=self._readiness.ready,
+            engine_error=None if self._readiness.ready else self._readiness.error,
             valid_nonces=self.gen.valid_nonces[offset:end], valid_distances=self.gen.valid_distances[offset:end],
             total_checked=self.gen.checked, total_valid=len(self.gen.valid_nonces),
             elapsed_seconds=elapsed, rate_per_second=rate, validation=self.val.model_copy(),
@@ -175,7 +177,7 @@ class RoundManager:
         """Recompute a ProofBatch with the round's parameters and judge it."""
         req = self._require_round()
         if batch.block_hash != req.block_hash:
-            raise RoundError(409, f"block_hash {batch.block_hash!r} is not the round's ({req.block_hash!r})")
+            raise ServiceError(409, f"block_hash {batch.block_hash!r} is not the round's ({req.block_hash!r})")
         round_ = _poc_round(req, batch.public_key)
         size = self._call_size(req.seq_len)
         chunks = [batch.nonces[i:i + size] for i in range(0, len(batch.nonces), size)]
@@ -201,17 +203,17 @@ class RoundManager:
 
     def _require_round(self) -> PoCInitRequest:
         if self.request is None:
-            raise RoundError(400, "no round configured: POST /init, /init/generate or /init/validate first")
+            raise ServiceError(400, "no round configured: POST /init, /init/generate or /init/validate first")
         return self.request
 
     def _check_no_conflict(self) -> None:
         conflict = self._generation_conflict()
         if conflict:
-            raise RoundError(409, conflict)
+            raise ServiceError(409, conflict)
 
     def _configure(self, req: PoCInitRequest, state: State) -> None:
         if req.seq_len > self.max_seq_len:
-            raise RoundError(400, f"seq_len {req.seq_len} exceeds the engine's max_model_len {self.max_seq_len}")
+            raise ServiceError(400, f"seq_len {req.seq_len} exceeds the engine's max_model_len {self.max_seq_len}")
         self.request = req
         self.gen = GenerationStats()
         self.val = ValidationStats()

@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
-from poc_serve.serve.generation import logger
+from poc_serve.serve.core.errors import logger
 
 KV_NAMESPACE = "poc_serve"
 # Valid nonces per chunk: a full chunk is about 100 KB of JSON, written once more when it fills.
@@ -41,6 +41,8 @@ class KeyValueStore(Protocol):
 
     def delete_prefix(self, prefix: str) -> None: ...
 
+    def values(self, prefix: str) -> list[bytes]: ...
+
 
 class MemoryStore:
     """A store in this process: for tests, where a new manager stands in for a new replica."""
@@ -58,6 +60,9 @@ class MemoryStore:
         for key in [k for k in self.data if k.startswith(prefix)]:
             del self.data[key]
 
+    def values(self, prefix: str) -> list[bytes]:
+        return [v for k, v in self.data.items() if k.startswith(prefix)]
+
 
 class RayKVStore:
     """Ray's GCS key-value store (Ray's internal API, which Serve's controller uses itself)."""
@@ -73,6 +78,12 @@ class RayKVStore:
     def delete_prefix(self, prefix: str) -> None:
         from ray.experimental.internal_kv import _internal_kv_del
         _internal_kv_del(prefix, del_by_prefix=True, namespace=KV_NAMESPACE)
+
+    def values(self, prefix: str) -> list[bytes]:
+        from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
+        values = (_internal_kv_get(key, namespace=KV_NAMESPACE)
+                  for key in _internal_kv_list(prefix, namespace=KV_NAMESPACE))
+        return [v for v in values if v is not None]  # a key deleted between the list and the get
 
 
 @dataclass

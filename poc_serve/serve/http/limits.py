@@ -20,7 +20,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from poc_serve.serve.openai_protocol import OpenAIError
+from poc_serve.serve.openai.protocol import OpenAIError
 
 # The largest legitimate body is a v2 generate job at the queue's limit (100,000 nonces) with
 # their validation artifacts: about 7 MB. Twice that leaves room for longer keys and whitespace.

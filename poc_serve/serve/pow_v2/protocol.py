@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from poc_serve.poc.artifacts import DEFAULT_DIST_THRESHOLD, DEFAULT_FRAUD_THRESHOLD, DEFAULT_K_DIM, DEFAULT_P_MISMATCH
-from poc_serve.serve.bounds import Int64, Nonce, PositiveInt64
+from poc_serve.serve.http.bounds import Int64, Nonce, PositiveInt64
 
 JobStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
 
@@ -180,6 +180,19 @@ class ValidatedResult(BaseModel):
     fraud_detected: bool = Field(description="p_value < fraud_threshold.")
     fraud_threshold: float = Field(description="The threshold used.")
     skipped_nonces: list[int] = Field(description="Nonces whose recomputation stayed non-finite: not compared.")
+
+
+class JobState(BaseModel):
+    """GET generate/{request_id} of a job that has not completed."""
+
+    status: Literal["queued", "running", "failed"] = Field(description="Where the job stands.")
+    request_id: str = Field(description="The job's id.")
+    error: str | None = Field(None, description="Why it failed (failed only).")
+
+
+# What generate answers: a queued job, or (wait true) its result; and what a job's state route answers.
+GenerateAnswer = QueuedAnswer | GeneratedResult | ValidatedResult
+JobAnswer = GeneratedResult | ValidatedResult | JobState
 
 
 class GenerationConfig(BaseModel):

@@ -17,11 +17,12 @@ from typing import Awaitable, Callable
 
 from poc_serve.engine.protocol import ArtifactRound
 from poc_serve.poc.nonces import NonceSequence
-from poc_serve.serve.artifact_protocol import GenerationConfig, GenerationInit, GenerationStats
-from poc_serve.serve.callbacks import CallbackSender
-from poc_serve.serve.generation import Every, drive_batches, logger
-from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.round_store import Checkpointer, RoundJournal, RoundSnapshot
+from poc_serve.serve.pow_v2.protocol import GenerationConfig, GenerationInit, GenerationStats
+from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.core.driver import Every, drive_batches
+from poc_serve.serve.core.errors import logger
+from poc_serve.serve.core.metrics import PoCMetrics
+from poc_serve.serve.core.store import Checkpointer, RoundJournal, RoundSnapshot
 
 # (round, nonces) -> vector_b64 per nonce, None where the artifact stayed non-finite (section 3).
 ArtifactComputeFn = Callable[[ArtifactRound, list[int]], Awaitable[list[str | None]]]

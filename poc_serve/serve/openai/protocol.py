@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from poc_serve.serve.bounds import INT64_MAX, Int64
+from poc_serve.serve.http.bounds import INT64_MAX, Int64
 
 # OpenAI's error types by HTTP status (what its clients map to exception classes).
 ERROR_TYPES = {400: "invalid_request_error", 404: "not_found_error", 503: "service_unavailable"}

@@ -8,26 +8,14 @@ Knows nothing of HTTP, Ray or what a batch computes: the engine call is an injec
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol, Sequence
 
-# A child of Serve's logger, so warnings and progress lines land in the replica log and the dashboard.
-logger = logging.getLogger("ray.serve.poc_serve")
+from poc_serve.serve.core.errors import logger
 
 # After a failed batch (replica died, restarting) wait before handing batches out again.
 RETRY_DELAY_S = 1.0
-
-
-class RoundError(Exception):
-    """A request that the node's state does not allow; ``status_code`` is the HTTP answer and
-    ``detail`` its JSON ``detail`` (a message, or an object where the spec asks for one)."""
-
-    def __init__(self, status_code: int, detail: str | dict[str, Any]):
-        super().__init__(detail if isinstance(detail, str) else detail.get("error", "error"))
-        self.status_code = status_code
-        self.detail = detail
 
 
 class BatchSource(Protocol):

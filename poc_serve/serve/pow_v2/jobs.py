@@ -16,9 +16,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from poc_serve.serve.artifact_protocol import GenerateRequest, JobStatus
-from poc_serve.serve.generation import RoundError, logger
-from poc_serve.serve.round_store import JobJournal
+from poc_serve.serve.pow_v2.protocol import GenerateRequest, JobStatus
+from poc_serve.serve.core.errors import ServiceError, logger
+from poc_serve.serve.core.store import JobJournal
 
 MAX_QUEUED_NONCES = 100_000
 RESULT_KEEP_S = 300.0
@@ -86,13 +86,13 @@ class JobQueue:
         """Queue a job, saved first; 429 when its nonces do not fit under the limit."""
         queued = self.queued_nonces
         if queued + len(request.nonces) > self._max_queued_nonces:
-            raise RoundError(429, f"Queue full: {queued} nonces queued, limit is {self._max_queued_nonces}")
+            raise ServiceError(429, f"Queue full: {queued} nonces queued, limit is {self._max_queued_nonces}")
         job = Job(request)
         if self._journal:
             try:
                 await asyncio.to_thread(self._journal.add, job.request_id, request.model_dump_json().encode())
             except Exception as exc:  # not accepted: nothing may be lost that was answered "queued"
-                raise RoundError(503, f"the job could not be saved ({type(exc).__name__}: {exc}); retry") from exc
+                raise ServiceError(503, f"the job could not be saved ({type(exc).__name__}: {exc}); retry") from exc
         self._enqueue(job)
         return job
 

@@ -12,34 +12,28 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 from fastapi.responses import StreamingResponse
 
-from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.openai_protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
-
-# Streams one request's chunks from an engine replica: (request dict) -> async iterator of dicts.
-GenerateFn = Callable[[dict[str, Any]], AsyncIterator[dict[str, Any]]]
-
+from poc_serve.serve.core.engine_client import EngineClient
+from poc_serve.serve.core.metrics import PoCMetrics
+from poc_serve.serve.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 class InferenceService:
     """Turns OpenAI requests into engine calls and engine chunks into OpenAI responses."""
 
-    def __init__(self, generate: GenerateFn, model_name: str, busy_reason: Callable[[], str | None],
-                 retry_after_s: int, engine_unavailable: Callable[[], Awaitable[str | None]] | None = None,
-                 metrics: PoCMetrics | None = None):
-        self._generate = generate
-        self.model_name = model_name
+    def __init__(self, engine: EngineClient, busy_reason: Callable[[], str | None],
+                 retry_after_s: int, metrics: PoCMetrics | None = None):
+        self._engine = engine
         self._busy_reason = busy_reason
         self._retry_after_s = retry_after_s
-        self._engine_unavailable = engine_unavailable
         self._metrics = metrics
 
     def models(self) -> dict[str, Any]:
         """GET /v1/models."""
         return {"object": "list", "data": [
-            {"id": self.model_name, "object": "model", "created": 0, "owned_by": "poc_serve"}]}
+            {"id": self._engine.served_model_name, "object": "model", "created": 0, "owned_by": "poc_serve"}]}
 
     async def completion(self, req: CompletionRequest):
         """POST /v1/completions."""
@@ -54,23 +48,24 @@ class InferenceService:
                                lambda text: {"delta": {"role": "assistant", "content": text}})
 
     async def _run(self, req, prompt: dict, id_prefix: str, kind: str, whole, delta):
-        busy = self._busy_reason()
+        busy = self._busy_reason() or self._engine.inference_down
         if busy:
             self._count_rejected("poc_running")
             raise OpenAIError(503, busy, "poc_running", {"Retry-After": str(self._retry_after_s)})
-        if req.model != self.model_name:
-            raise OpenAIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {self.model_name!r}")
-        unavailable = self._engine_unavailable and await self._engine_unavailable()
+        served = self._engine.served_model_name
+        if req.model != served:
+            raise OpenAIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {served!r}")
+        unavailable = await self._engine.unavailable()
         if unavailable:  # answered within seconds instead of waiting for a replica that may never come
             self._count_rejected("engine_unavailable")
             raise OpenAIError(503, unavailable, headers={"Retry-After": str(self._retry_after_s)})
         request_id = f"{id_prefix}-{uuid.uuid4().hex}"
-        chunks = self._generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
+        chunks = self._engine.generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
         with _engine_failures():
             first = await anext(chunks)  # errors (prompt too long, ...) surface before any byte is sent
         if "error" in first:
             raise OpenAIError(400, first["error"])
-        head = {"id": request_id, "created": int(time.time()), "model": self.model_name}
+        head = {"id": request_id, "created": int(time.time()), "model": served}
         if req.stream:
             return StreamingResponse(self._stream(first, chunks, head, kind + ".chunk" if kind.startswith("chat")
                                                   else kind, delta), media_type="text/event-stream")

@@ -3,7 +3,7 @@
 It checks requests against the deployed model, starts and stops the generation loop, computes
 waited requests, queues the others, judges validations and sends the callbacks. Knows nothing of
 HTTP or Ray: the engine is reached through injected coroutines, and who may run while what runs
-is asked of injected policy functions (:mod:`poc_serve.serve.policies`).
+is asked of injected policy functions (:mod:`poc_serve.serve.core.policies`).
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from typing import Any, Awaitable, Callable
 
 from poc_serve.poc.artifacts import decode_artifact, judge_artifacts
 from poc_serve.poc.nonces import NonceList
-from poc_serve.serve.artifact_generation import ArtifactComputeFn, ArtifactGeneration, artifact_round, encoding
-from poc_serve.serve.artifact_jobs import MAX_QUEUED_NONCES, RESULT_KEEP_S, Job, JobQueue
-from poc_serve.serve.artifact_protocol import (
+from poc_serve.serve.pow_v2.generation import ArtifactComputeFn, ArtifactGeneration, artifact_round, encoding
+from poc_serve.serve.pow_v2.jobs import MAX_QUEUED_NONCES, RESULT_KEEP_S, Job, JobQueue
+from poc_serve.serve.pow_v2.protocol import (
     ArtifactParams, BackendResult, BackendStatus, GeneratedResult, GenerateRequest, GenerationInit,
     InitGenerateAnswer, NodeStatus, PowStatus, QueuedAnswer, StatTest, StopAnswer, ValidatedResult,
 )
-from poc_serve.serve.callbacks import GENERATED, VALIDATED, CallbackSender
-from poc_serve.serve.generation import BatchFailed, RoundError, drive_batches
-from poc_serve.serve.metrics import PoCMetrics
-from poc_serve.serve.round_store import JobJournal, RoundJournal
+from poc_serve.serve.core.callbacks import GENERATED, VALIDATED, CallbackSender
+from poc_serve.serve.core.driver import BatchFailed, drive_batches
+from poc_serve.serve.core.errors import ServiceError
+from poc_serve.serve.core.metrics import PoCMetrics
+from poc_serve.serve.core.store import JobJournal, RoundJournal
 
 # Engine replicas have no port of their own; the spec's JSON needs an int (docs/v2.md).
 PORT = 0
@@ -76,16 +77,16 @@ class ArtifactService:
         """Start the generation loop; a repeat of the running config (batch_size aside) is a no-op."""
         error = body.assignment_error()
         if error:
-            raise RoundError(400, error)
+            raise ServiceError(400, error)
         await self._check_params(body.params)
         async with self._lock:
             if self.generation.running:
                 if self.generation.config.round_key() != body.round_key():
-                    raise RoundError(409, "Already generating with another config: POST stop first")
+                    raise ServiceError(409, "Already generating with another config: POST stop first")
             else:
                 conflict = self._generation_conflict()
                 if conflict:
-                    raise RoundError(409, conflict)
+                    raise ServiceError(409, conflict)
                 self.generation.start(body)
                 await self.generation.saved()  # answered once a replica after this one would resume it
         return InitGenerateAnswer(backends=self._replicas, n_groups=body.n_groups, results=self._results("OK"),
@@ -95,7 +96,7 @@ class ArtifactService:
         """Queue a job (``wait`` false) or compute it now and answer its result."""
         error = body.nonce_error()
         if error:
-            raise RoundError(400, error)
+            raise ServiceError(400, error)
         await self._check_params(body.params)
         if not body.wait:
             job = await self.jobs.submit(body)
@@ -104,19 +105,19 @@ class ArtifactService:
         deadline = time.monotonic() + self._call_timeout_s
         while not self._jobs_may_run():
             if time.monotonic() >= deadline:
-                raise RoundError(503, f"a generation loop held the engine for {self._call_timeout_s:.0f} s: "
+                raise ServiceError(503, f"a generation loop held the engine for {self._call_timeout_s:.0f} s: "
                                       "POST stop first, or send wait=false")
             await asyncio.sleep(0.2)
         try:
             return await self._run_job(body, str(uuid.uuid4()))
         except BatchFailed as exc:
-            raise RoundError(503 if exc.timed_out else 502, str(exc)) from exc
+            raise ServiceError(503 if exc.timed_out else 502, str(exc)) from exc
 
     def job_state(self, request_id: str) -> dict[str, Any]:
         """GET generate/{request_id}."""
         job = self.jobs.get(request_id)
         if job is None:
-            raise RoundError(404, f"unknown request_id {request_id!r}: never queued here, expired 300 s after it "
+            raise ServiceError(404, f"unknown request_id {request_id!r}: never queued here, expired 300 s after it "
                                   "ended, or cleared by stop")
         return job.answer()
 
@@ -161,19 +162,24 @@ class ArtifactService:
     def _results(self, status: str) -> list[BackendResult]:
         return [BackendResult(port=PORT, status=status)] * self._replicas
 
+    def model_changed(self) -> None:
+        """The engines load another model: check params against it from now on."""
+        self._deployed = None
+
     async def _check_params(self, params: ArtifactParams) -> None:
         if self._deployed is None:
             self._deployed = await self._model_info()
         info = self._deployed
-        names = {info["model"], info["model_path"], self._served_model_name} - {None}
+        served_model_name = info.get("served_model_name", self._served_model_name)
+        names = {info["model"], info["model_path"], served_model_name} - {None}
         fields = [name for name, bad in (("model", params.model not in names),
                                          ("seq_len", params.seq_len > info["max_model_len"]),
                                          ("k_dim", not 1 <= params.k_dim <= info["hidden_size"])) if bad]
         if fields:
-            raise RoundError(409, {
+            raise ServiceError(409, {
                 "error": "params mismatch", "fields": fields, "requested": params.model_dump(),
                 "deployed": {"model": info["model"], "model_path": info["model_path"],
-                             "served_model_name": self._served_model_name, "max_seq_len": info["max_model_len"],
+                             "served_model_name": served_model_name, "max_seq_len": info["max_model_len"],
                              "hidden_size": info["hidden_size"]}})
 
     async def _run_job(self, req: GenerateRequest, request_id: str) -> dict[str, Any]:
