@@ -130,7 +130,7 @@ def test_failed_engine_deployment_is_named_in_status_and_503s(base_url):
         started = time.monotonic()
         completion = client.post("/v1/completions", json={"model": "stand-in", "prompt": "hi"})
         assert completion.status_code == 503 and int(completion.headers["retry-after"]) > 0
-        assert completion.json()["error"]["type"] == "service_unavailable"
+        assert completion.json()["error"]["type"] == "ServiceUnavailableError"
         assert "engine config refused" in completion.json()["error"]["message"]
         assert client.post("/api/v1/pow/init/validate", json=ROUND).status_code == 200
         answer = client.post("/api/v1/pow/validate", json=PROOF)

@@ -45,10 +45,11 @@ def message_of(response) -> str:
 
 
 def test_no_route_answers_5xx(base, request):
-    """Valid and invalid bodies, paths and queries on every route: below 500, and a 4xx names the
-    problem. A case that started something ends with both APIs stopped, so that no later case is
-    blocked by it. Bad answers are collected rather than raised: no shrinking, a bounded run, and
-    one report of every route that failed."""
+    """Valid and invalid bodies, paths and queries on every route: below 500 but for a 503 that
+    names the state it answers (inference down after a fuzzed POST /api/v1/stop, no NVML on this
+    CPU node), and a 4xx names the problem. A case that started something ends with both APIs
+    stopped, so that no later case is blocked by it. Bad answers are collected rather than raised:
+    no shrinking, a bounded run, and one report of every route that failed."""
     api = schemathesis.openapi.from_url(f"{base}/openapi.json")
     bad: dict[str, str] = {}
     session, client = requests.Session(), httpx.Client(base_url=base, timeout=30)
@@ -57,7 +58,9 @@ def test_no_route_answers_5xx(base, request):
 
     def check(case) -> None:
         response = case.call(base_url=base, timeout=30, session=session)
-        if response.status_code >= 500 or (response.status_code >= 400 and not message_of(response)):
+        status = response.status_code
+        honest_503 = status == 503 and message_of(response)
+        if (status >= 500 and not honest_503) or (status >= 400 and not message_of(response)):
             bad.setdefault(f"{case.method} {case.path}", f"{response.status_code} {response.text[:300]} "
                                                          f"for {case.body!r:.300}")
         if case.method == "POST" and response.status_code < 300:
@@ -74,6 +77,8 @@ def test_no_route_answers_5xx(base, request):
                 fuzz()
             except Unsatisfiable:  # no parameters, so no invalid request of this route exists
                 assert mode is GenerationMode.NEGATIVE and not operation.body and not operation.query
+    # A fuzzed POST /api/v1/stop set inference down: the modules' other tests need it up.
+    assert client.post("/api/v1/inference/up", json={"model": MODEL}).status_code == 200
     assert not bad, "\n".join(f"{route}: {answer}" for route, answer in bad.items())
 
 
@@ -131,14 +136,12 @@ def test_body_over_the_size_limit_is_413(base, path, body):
 @pytest.mark.parametrize("path,body,key", [(f"{V1}/validate", PROOF, "block_height"),
                                            (f"{V1}/validate", PROOF, "nonces"),
                                            (f"{V2}/generate", V2_JOB, "nonces"),
-                                           (f"{V2}/generate", V2_JOB, "node_id"),
-                                           ("/v1/completions", COMPLETION, "seed"),
-                                           ("/v1/completions", COMPLETION, "prompt")])
+                                           (f"{V2}/generate", V2_JOB, "node_id")])
 @pytest.mark.parametrize("value", [2**63, -(2**63) - 1])
 def test_integers_beyond_int64_are_refused(base, path, body, key, value):
-    value = [value] if isinstance(body.get(key), list) or key == "prompt" else value
-    status = 400 if path.startswith("/v1/") else 422
-    refused(httpx.post(base + path, json={**body, key: value}, timeout=60), status, key)
+    """The PoC APIs' models bound every integer (the OpenAI routes' bodies are vLLM's to check)."""
+    value = [value] if isinstance(body.get(key), list) else value
+    refused(httpx.post(base + path, json={**body, key: value}, timeout=60), 422, key)
 
 
 @pytest.mark.parametrize("path,body", ROUTES)
@@ -173,10 +176,12 @@ def test_deep_nesting_is_refused(base, path, body, depth):
 
 @pytest.mark.parametrize("path,body", ROUTES)
 def test_nesting_up_to_the_limit_is_parsed(base, path, body):
-    """The limit is the refusal's cause: one level less reaches the models (422 or 400 there)."""
+    """The limit is the refusal's cause: one level less reaches the request models (a 422 there) or,
+    on the OpenAI routes, the engine (vLLM's models; here the stand-in, which answers it)."""
     key = "nonces" if "nonces" in body else "prompt"
     response = post(base, path, with_raw(body, key, "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)))
-    assert response.status_code in (400, 422) and "deeper" not in message_of(response), response.text[:300]
+    expected = (200,) if path.startswith("/v1/") else (400, 422)
+    assert response.status_code in expected and "deeper" not in response.text, response.text[:300]
 
 
 @pytest.mark.parametrize("path,body", ROUTES)

@@ -1,5 +1,7 @@
-"""The inference layer alone (no Ray, no engine): OpenAI's one error shape for every failure,
-streamed or not, and the answers it builds from engine chunks."""
+"""The ingress's inference gate and relay (poc_serve/serve/openai/service.py) over an engine client
+whose answers the test writes: what is refused before an engine is asked (PoC running, inference
+down, no engine ready, no JSON object) in vLLM's error shape, and how an engine's answer comes
+back (JSON with its status, SSE chunks, a failure before or after the first chunk)."""
 
 from __future__ import annotations
 
@@ -8,88 +10,89 @@ import json
 
 import pytest
 
+from poc_serve.engine.vllm_args import ServingRequest
+from poc_serve.engine.config import EngineConfig
+from poc_serve.serve.openai.protocol import OpenAIError
 from poc_serve.serve.openai.service import InferenceService
-from poc_serve.serve.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
 
 MODEL = "poc-tiny-qwen3"
+HEAD = {"status": 200, "stream": False, "media_type": "application/json"}
+STREAM = {"status": 200, "stream": True, "media_type": "text/event-stream"}
 
 
-def chunk(text: str, finish: str | None = None, done: int = 1) -> dict:
-    return {"text": text, "token_ids": [1], "finish_reason": finish, "prompt_tokens": 3, "completion_tokens": done}
+class ScriptedEngine:
+    """An engine client whose every OpenAI answer is ``items`` (an exception raises there)."""
 
+    def __init__(self, items: list, unavailable: str | None = None, down: str | None = None):
+        self._items = items
+        self._unavailable = unavailable
+        self.inference_down = down
+        self.serving = ServingRequest(model=MODEL, engine=EngineConfig(model=MODEL, served_model_name=[MODEL, "alias"]))
+        self.asked: list[tuple[str, dict]] = []
 
-class ChunkEngine:
-    """An engine client whose every inference stream is ``chunks`` (an exception raises there)."""
+    async def unavailable(self) -> str | None:
+        return self._unavailable
 
-    served_model_name = MODEL
-    inference_down = None
-
-    def __init__(self, chunks: list):
-        self._chunks = chunks
-
-    async def unavailable(self) -> None:
-        return None
-
-    async def generate(self, request: dict):
-        for item in self._chunks:
+    async def openai(self, route: str, body: dict):
+        self.asked.append((route, body))
+        for item in self._items:
             if isinstance(item, Exception):
                 raise item
             yield item
 
 
-def service(chunks: list, busy: str | None = None) -> InferenceService:
-    return InferenceService(ChunkEngine(chunks), busy_reason=lambda: busy, retry_after_s=7)
+def service(engine: ScriptedEngine, busy: str | None = None) -> InferenceService:
+    return InferenceService(engine, busy_reason=lambda: busy, retry_after_s=7)
 
 
-def completion(**fields) -> CompletionRequest:
-    return CompletionRequest(**{"model": MODEL, "prompt": "hi", **fields})
+BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 
 
-def run(coro):
-    return asyncio.run(coro)
+def test_models_lists_the_served_name_first():
+    data = service(ScriptedEngine([])).models()["data"]
+    assert [m["id"] for m in data] == [MODEL, "alias"] and data[0]["owned_by"] == "vllm"
 
 
-async def streamed(response) -> list:
-    events = [part async for part in response.body_iterator]
-    return [json.loads(e.removeprefix("data: ")) if "[DONE]" not in e else "[DONE]" for e in events]
+def test_an_engines_json_answer_keeps_its_status():
+    engine = ScriptedEngine([{**HEAD, "status": 404}, {"error": {"message": "no model x", "code": 404}}])
+    answer = asyncio.run(service(engine).answer("/v1/chat/completions", BODY))
+    assert answer.status_code == 404 and json.loads(answer.body)["error"]["message"] == "no model x"
+    assert engine.asked == [("/v1/chat/completions", BODY)]
 
 
-def test_whole_answer_from_chunks():
-    answer = run(service([chunk("Hel"), chunk("lo", "length", 2)]).completion(completion()))
-    assert answer["choices"] == [{"index": 0, "text": "Hello", "finish_reason": "length"}]
-    assert answer["usage"] == {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
-    chat = ChatCompletionRequest(model=MODEL, messages=[{"role": "user", "content": "hi"}])
-    answer = run(service([chunk("Hi", "stop")]).chat(chat))
-    assert answer["choices"][0]["message"] == {"role": "assistant", "content": "Hi"}
-
-
-@pytest.mark.parametrize("case,status,kind", [
-    ("busy", 503, "poc_running"), ("model", 404, "not_found_error"), ("engine error", 400, "invalid_request_error"),
-    ("engine died", 503, "service_unavailable")])
-def test_errors_have_openais_shape(case, status, kind):
-    """Busy node (with Retry-After), unknown model, a request the engine refuses, and an engine
-    that fails before the first chunk all answer {"error": {"message", "type", "code"}}."""
-    chunks = {"engine error": [{"error": "prompt too long"}], "engine died": [RuntimeError("actor died")]}
-    svc = service(chunks.get(case, [chunk("x", "stop")]), busy="PoC is running" if case == "busy" else None)
+@pytest.mark.parametrize("case", ["busy", "down", "unavailable", "not an object", "engine died"])
+def test_refusals_have_vllms_shape(case):
+    engine = ScriptedEngine([RuntimeError("actor died")] if case == "engine died" else [HEAD, {}],
+                            unavailable="loading x" if case == "unavailable" else None,
+                            down="inference is down" if case == "down" else None)
+    body = [1, 2] if case == "not an object" else BODY
     with pytest.raises(OpenAIError) as raised:
-        run(svc.completion(completion(model="other" if case == "model" else MODEL)))
-    body = raised.value.body()
-    assert raised.value.status == status
-    assert body == {"error": {"message": body["error"]["message"], "type": kind, "code": status}}
-    assert body["error"]["message"]
-    response = raised.value.response()
-    assert response.status_code == status
-    assert (response.headers.get("retry-after") == "7") is (case == "busy")
+        asyncio.run(service(engine, busy="PoC is running" if case == "busy" else None).answer(
+            "/v1/chat/completions", body))
+    error = raised.value.body()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["message"]
+    status = 400 if case == "not an object" else 503
+    assert raised.value.status == error["code"] == status
+    assert (raised.value.response().headers.get("retry-after") == "7") is (case in ("busy", "down", "unavailable"))
+    assert not engine.asked or case == "engine died"
+
+
+def test_tokenize_is_not_refused_while_poc_runs():
+    engine = ScriptedEngine([HEAD, {"count": 2, "tokens": [1, 2]}])
+    answer = asyncio.run(service(engine, busy="PoC is running").answer("/tokenize", {"model": MODEL, "prompt": "a"}))
+    assert answer.status_code == 200
 
 
 def test_stream_error_after_the_first_chunk_is_an_event_in_the_same_shape():
     """Once the status line is sent, an engine failure arrives as one error event, then [DONE]."""
-    async def scenario() -> list:  # one event loop: asyncio.run would close the engine's stream
-        response = await service([chunk("a"), RuntimeError("replica died")]).completion(completion(stream=True))
-        return await streamed(response)
+    async def scenario() -> list:
+        response = await service(ScriptedEngine([STREAM, 'data: {"a": 1}\n\n', RuntimeError("replica died")])).answer(
+            "/v1/completions", BODY)
+        return [part async for part in response.body_iterator]
 
-    events = run(scenario())
-    assert events[0]["choices"][0]["text"] == "a"
-    assert events[1] == {"error": {"message": "inference failed on the engine: RuntimeError",
-                                   "type": "service_unavailable", "code": 503}}
-    assert events[-1] == "[DONE]" and len(events) == 3
+    events = asyncio.run(scenario())
+    assert events[0] == 'data: {"a": 1}\n\n'
+    assert json.loads(events[1].removeprefix("data: ")) == {"error": {
+        "message": "inference failed on the engine: RuntimeError", "type": "ServiceUnavailableError", "param": None,
+        "code": 503}}
+    assert events[-1] == "data: [DONE]\n\n" and len(events) == 3

@@ -167,7 +167,10 @@ def test_cache_status_list_space_delete(tmp_path):
         assert done.status == "DOWNLOADED" and download_status_code(done) == 200
         assert done.task_id == "org/complete:latest"
 
+        # The three repos share COMMIT: deleting one repo's revision leaves the others' alone.
         assert models.delete(HFModel(hf_repo="org/partial", hf_commit=COMMIT)).status == "deleted"
+        assert status("org/partial") == "NOT_FOUND"
+        assert status("org/complete") == "DOWNLOADED" and status("org/interrupted") == "PARTIAL"
         assert models.delete(HFModel(hf_repo="org/complete")).status == "deleted"
         assert status("org/complete") == "NOT_FOUND"
         for model, code in ((HFModel(hf_repo="org/complete"), 404), (HFModel(hf_repo=MODEL), 400)):

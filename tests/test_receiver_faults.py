@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.core.loop import GenerationSettings
 from poc_serve.serve.pow_v1.service import RoundManager
 from tests.receiver import CallbackReceiver
 from tests.test_round_manager import FlakyEngine, _req
@@ -18,8 +19,9 @@ FAULTS = [("500", 12), ("404", 12), ("reset", 12), ("slow", 3)]
 def test_a_misbehaving_receiver_delays_callbacks_and_loses_nothing():
     async def run(receiver):
         sender = CallbackSender(timeout=0.3, backoff_base=0.02, backoff_cap=0.1)
-        mgr = RoundManager(compute=FlakyEngine().compute, call_size=lambda seq_len: 8, max_seq_len=128,
-                           batches_in_flight=3, callbacks=sender, callback_interval_s=0.05, log_interval_s=1.0)
+        settings = GenerationSettings(call_size=lambda seq_len: 8, batches_in_flight=3, callback_interval_s=0.05,
+                                      log_interval_s=1.0)
+        mgr = RoundManager(compute=FlakyEngine().compute, callbacks=sender, settings=settings, max_seq_len=128)
         await mgr.init_generate(_req(r_target=2.0, callback_url=receiver.url))
         seen = []
         for fault, count in FAULTS:

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from poc_serve.engine.protocol import PoCRound
-from poc_serve.poc import nonce_distances
+from poc_serve.poc import NonceSequence, nonce_distances
 from poc_serve.serve.core import driver as generation
 from poc_serve.serve.core.callbacks import CallbackSender
 from poc_serve.serve.pow_v1.protocol import PoCInitRequest
 from poc_serve.serve.core.errors import ServiceError
+from poc_serve.serve.core.loop import GenerationLoop, GenerationSettings
+from poc_serve.serve.core.store import Checkpointer, MemoryStore, RoundJournal, RoundSnapshot
 from poc_serve.serve.pow_v1.service import RoundManager
 from tests.receiver import CallbackReceiver
 
@@ -45,9 +47,9 @@ class FlakyEngine:
 
 
 def _manager(engine, callbacks, in_flight=3) -> RoundManager:
-    return RoundManager(compute=engine.compute, call_size=lambda seq_len: 8, max_seq_len=128,
-                        batches_in_flight=in_flight, callbacks=callbacks, callback_interval_s=0.05,
-                        log_interval_s=0.05)
+    settings = GenerationSettings(call_size=lambda seq_len: 8, batches_in_flight=in_flight, callback_interval_s=0.05,
+                                  log_interval_s=0.05)
+    return RoundManager(compute=engine.compute, callbacks=callbacks, settings=settings, max_seq_len=128)
 
 
 def _req(**kw) -> PoCInitRequest:
@@ -174,3 +176,38 @@ def test_a_batch_failing_as_the_round_stops_is_computed_before_the_driver_ends()
     # calls 3 and 4 failed, and again after stop; calls 1 and 2 run at once and finish in either order
     assert sorted(computed) == list(range(8))
     assert sorted(seq.take(4) + seq.take(4)) == list(range(8, 16))  # given back, first in line for a resume
+
+
+def test_the_shared_generation_loop_saves_before_its_last_send_and_abandons_late_batches():
+    """The loop both contracts run: time counts only while it runs, a stop after its timeout puts
+    the batches in flight back into the sequence, and the last send comes after the save."""
+    async def run():
+        checkpointer = Checkpointer(RoundJournal(MemoryStore(), "k"),
+                                    lambda: RoundSnapshot({"round_id": "r", "valid": 0}, [], []))
+        calls, recorded, saved_at_send, lines = [], [], [], []
+
+        async def compute(batch):
+            calls.append(batch)
+            if len(calls) > 4:
+                await asyncio.Event().wait()  # the engine went away
+            return batch
+
+        loop = GenerationLoop(GenerationSettings(lambda seq_len: 4, 2, callback_interval_s=60, log_interval_s=60),
+                              "test", lambda: saved_at_send.append(checkpointer._clean.is_set()),
+                              lambda: len(recorded), lambda elapsed_s, rate: lines.append(rate) or "Generated: ",
+                              checkpointer=checkpointer)
+        assert await loop.stop() is False and loop.elapsed() == 0 and loop.rate() == 0
+        nonces = NonceSequence(0, 1)
+        loop.start(compute, nonces, 16, lambda batch, result: recorded.extend(result))
+        while len(calls) < 6:
+            await asyncio.sleep(0.01)
+        assert await loop.stop(timeout=0.1) is True
+        elapsed = loop.elapsed()
+        await asyncio.sleep(0.05)
+        assert not loop.running and loop.elapsed() == elapsed > 0
+        assert saved_at_send[-1] is True and lines[-1] == loop.rate() == len(recorded) / elapsed
+        return recorded, calls, nonces
+
+    recorded, calls, nonces = asyncio.run(run())
+    assert sorted(recorded) == list(range(16))
+    assert sorted([nonces.take(4), nonces.take(4)]) == sorted(calls[4:6])  # abandoned, handed out again

@@ -10,6 +10,7 @@ import time
 
 from poc_serve.serve.core import store as round_store
 from poc_serve.serve.core.callbacks import CallbackSender
+from poc_serve.serve.core.loop import GenerationLoop, GenerationSettings
 from poc_serve.serve.pow_v1.service import RoundManager
 from poc_serve.serve.core.store import MemoryStore, RoundJournal, RoundSnapshot
 from tests.receiver import CallbackReceiver
@@ -20,19 +21,21 @@ BATCH = 8
 
 
 def _manager(engine: FlakyEngine, store: MemoryStore) -> RoundManager:
-    return RoundManager(compute=engine.compute, call_size=lambda seq_len: BATCH, max_seq_len=128,
-                        batches_in_flight=IN_FLIGHT, callbacks=CallbackSender(backoff_base=0.02, backoff_cap=0.05),
-                        callback_interval_s=0.05, log_interval_s=1.0, journal=RoundJournal(store, "app/v1-round"))
+    settings = GenerationSettings(call_size=lambda seq_len: BATCH, batches_in_flight=IN_FLIGHT,
+                                  callback_interval_s=0.05, log_interval_s=1.0)
+    return RoundManager(compute=engine.compute, callbacks=CallbackSender(backoff_base=0.02, backoff_cap=0.05),
+                        settings=settings, max_seq_len=128, journal=RoundJournal(store, "app/v1-round"))
 
 
-async def _crash(loop_task: asyncio.Task, sender: CallbackSender, checkpointer: round_store.Checkpointer) -> None:
+async def _crash(loop: GenerationLoop, sender: CallbackSender) -> None:
     """Throw a generation loop away as a killed process would: its tasks stop, nothing is flushed.
     Waits first until no callback is on the wire and the store holds every change, since a kill
     between a receiver's 200 and the checkpoint of that delivery (milliseconds) sends it again."""
+    checkpointer = loop.checkpointer
     while sender.pending or not checkpointer._clean.is_set():
         await sender.flush()
         await checkpointer.flush()
-    for task in (loop_task, sender._task, checkpointer._task):
+    for task in (loop._task, sender._task, checkpointer._task):
         task.cancel()
     await asyncio.sleep(0)
 
@@ -46,7 +49,7 @@ def test_a_round_resumes_after_a_crash_and_every_valid_nonce_reaches_the_receive
         await first.init_generate(_req(r_target=2.0, callback_url=url))
         while first.gen.settled < 20:
             await asyncio.sleep(0.01)
-        await _crash(first._loop_task, first._callbacks, first._checkpointer)
+        await _crash(first._loop, first._callbacks)
         checked_at_crash, valid_at_crash = first.gen.checked, list(first.gen.valid_nonces)
 
         second = _manager(engine, store)
@@ -86,7 +89,7 @@ def test_a_validating_round_comes_back_with_its_results_and_does_not_generate():
         return first, second, engine
 
     first, second, engine = asyncio.run(run())
-    assert second.state == "VALIDATING" and second._loop_task is None
+    assert second.state == "VALIDATING" and not second._loop.running
     assert second.status().model_dump() == {**first.status().model_dump(), "is_model_initialized": False}
 
 
@@ -180,7 +183,7 @@ def test_a_v2_generation_resumes_after_a_crash_and_every_artifact_reaches_the_re
         await first.init_generate(init(url=url))
         while first.generation._settled < 40:
             await asyncio.sleep(0.01)
-        await _crash(first.generation._task, first._stream, first.generation._checkpointer)
+        await _crash(first.generation._loop, first._stream)
         second = service(engine)
         second.generation.resume(RoundJournal(store, "app/v2-generation").load())
         assert second.status().status == "GENERATING"

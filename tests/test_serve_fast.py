@@ -39,8 +39,8 @@ def distance(round: PoCRound, nonce: int) -> float:
 
 
 class NonceDerivedEngine(StandInEngine):
-    """Distances and artifacts derived from the nonces, 20 ms per call, and a three-token
-    completion: the engine protocol without vLLM."""
+    """Distances and artifacts derived from the nonces, 20 ms per call (and the stand-in's
+    completions): the engine protocol without vLLM."""
 
     async def compute(self, round: PoCRound, nonces: list[int], return_hidden: bool = False) -> PoCBatchResult:
         await asyncio.sleep(0.02)
@@ -49,14 +49,6 @@ class NonceDerivedEngine(StandInEngine):
     async def compute_artifacts(self, round: ArtifactRound, nonces: list[int]) -> ArtifactBatchResult:
         await asyncio.sleep(0.02)
         return ArtifactBatchResult(nonces=nonces, artifacts=[artifact(round, n) for n in nonces])
-
-    def chat_prompt(self, messages: list[dict]) -> str:
-        return " ".join(m["content"] for m in messages)
-
-    async def generate(self, prompt, sampling: dict, request_id: str):
-        for i in range(sampling["max_tokens"]):
-            yield {"text": f"t{i} ", "token_ids": [i], "finish_reason": None if i + 1 < sampling["max_tokens"]
-                   else "length", "prompt_tokens": 1, "completion_tokens": i + 1}
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +86,7 @@ def test_v1_round_generates_validates_resumes_and_delivers_every_valid_nonce_onc
         wait_checked(client, 40)
 
         r = client.post("/v1/completions", json=COMPLETION)
-        assert r.status_code == 503 and r.json()["error"]["type"] == "poc_running"
+        assert r.status_code == 503 and "Proof-of-Compute is running" in r.json()["error"]["message"]
         assert int(r.headers["retry-after"]) > 0
 
         paused = client.post(f"{V1}/phase/validate").json()["pow_status"]

@@ -176,21 +176,18 @@ def test_concurrent_streams_are_admitted_together(client):
 @pytest.mark.parametrize("path,body,code", [
     ("/v1/completions", {"model": "poc-tiny-qwen3"}, 400),
     ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": "x", "max_tokens": -1}, 400),
-    ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": "x", "n": 2}, 400),
-    ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": ""}, 400),
     ("/v1/completions", {"model": "other", "prompt": "x"}, 404),
     ("/v1/completions", {"model": "poc-tiny-qwen3", "prompt": list(range(1, 400))}, 400),
-    ("/v1/chat/completions", {"model": "poc-tiny-qwen3", "messages": []}, 400),
-    ("/v1/chat/completions", {"model": "poc-tiny-qwen3", "messages": [{"role": "robot", "content": "x"}]}, 400),
+    ("/v1/chat/completions", {"model": "poc-tiny-qwen3", "messages": "not a list"}, 400),
 ])
 def test_malformed_inference_requests_get_4xx(client, path, body, code):
     base = str(client.base_url).rstrip("/").removesuffix("/api/v1/pow")
     r = httpx.post(base + path, json=body, timeout=60)
     assert r.status_code == code, r.text
-    error = r.json()["error"]  # OpenAI's shape for every /v1 error
+    error = r.json()["error"]  # vLLM's shape for every /v1 error
     assert error["code"] == code and error["message"] and error["type"]
     bad_json = httpx.post(base + path, content=b"{not json", timeout=60, headers={"content-type": "application/json"})
-    assert bad_json.status_code == 400 and bad_json.json()["error"]["type"] == "invalid_request_error"
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == 400
 
 
 def test_inference_blocked_while_generating_and_back_after_stop(client):

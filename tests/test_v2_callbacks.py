@@ -113,3 +113,29 @@ def test_clear_gives_one_last_attempt_then_drops_the_rest():
         asyncio.run(main(receiver.url))
         nonces = [a["nonce"] for b in receiver.bodies("/generated") for a in b["artifacts"]]
     assert nonces == [1, 2, 4]
+
+
+def test_the_dapis_stage_refusal_is_final_and_every_callback_is_json(caplog):
+    """The DAPI's callback server answers 415 without Content-Type: application/json and 400
+    "block_height is not the active PoC stage" to a payload of another stage (spec ml-node.md 6.2):
+    every POST carries the type, and that 400 is final for its payload, logged and counted."""
+    types: list[str | None] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        types.append(request.headers.get("content-type"))
+        return httpx.Response(400, text="block_height is not the active PoC stage")
+
+    async def main():
+        outcomes: list[tuple] = []
+        sender = CallbackSender(max_attempts=10, retry_client_errors=False, on_outcome=lambda *o: outcomes.append(o),
+                                **FAST)
+        sender._client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+        sender.enqueue_artifacts(body([1, 2]), "http://api:9100/v2/poc-batches/Qwen%252FQwen3")
+        assert await sender.flush(5)
+        return sender, outcomes
+
+    with caplog.at_level(logging.ERROR, logger="ray.serve.poc_serve"):
+        sender, outcomes = asyncio.run(main())
+    assert types == ["application/json"]  # one attempt: final
+    assert outcomes == [("generated", "dropped", 2)] and sender.dropped_count == 1
+    assert "HTTP 400" in caplog.text

@@ -6,6 +6,7 @@ validation verdicts, stop and the policies between v1 and v2."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 import zlib
@@ -17,10 +18,11 @@ from poc_serve.engine.protocol import ArtifactRound, PoCRound
 from poc_serve.poc.artifacts import encode_artifact
 from poc_serve.poc.nonces import NonceSequence
 from poc_serve.serve.pow_v2.protocol import GenerateRequest, GenerationInit
-from poc_serve.serve.pow_v2.service import ArtifactService
+from poc_serve.serve.pow_v2.service import ArtifactService, ArtifactSettings
 from poc_serve.serve.core import driver as generation
 from poc_serve.serve.core.callbacks import CallbackSender
 from poc_serve.serve.core.errors import ServiceError
+from poc_serve.serve.core.loop import GenerationSettings
 from poc_serve.serve.core.policies import EnginePolicies
 from poc_serve.serve.pow_v1.protocol import PoCInitRequest
 from poc_serve.serve.pow_v1.service import RoundManager
@@ -75,16 +77,21 @@ def service(engine: StandInEngine, **kw) -> ArtifactService:
     return wired(engine, lambda: "IDLE", **kw)[0]
 
 
-def wired(engine: StandInEngine, v1_state, **kw) -> tuple[ArtifactService, EnginePolicies]:
-    """The service with the policies between it and a v1 round whose state ``v1_state()`` gives."""
+def wired(engine: StandInEngine, v1_state, call_timeout_s: float = 60.0,
+          **kw) -> tuple[ArtifactService, EnginePolicies]:
+    """The service with the policies between it and a v1 round whose state ``v1_state()`` gives;
+    ``kw`` holds ArtifactSettings' fields and the service's other arguments."""
     holder: dict = {}
     policies = EnginePolicies(v1_state, lambda: holder["svc"].generation.running)
+    settings = {f.name: kw.pop(f.name) for f in dataclasses.fields(ArtifactSettings) if f.name in kw}
     svc = ArtifactService(
-        compute=engine.compute, model_info=engine.model_info, call_size=lambda seq_len: 8, replicas=2,
-        batches_in_flight=4, stream=CallbackSender(**FAST, max_attempts=10, retry_client_errors=False),
+        compute=engine.compute, model_info=engine.model_info,
+        stream=CallbackSender(**FAST, max_attempts=10, retry_client_errors=False),
         jobs=CallbackSender(**FAST, max_attempts=10, retry_client_errors=False),
         generation_conflict=policies.v2_generation_conflict, jobs_may_run=policies.jobs_may_run,
-        served_model_name="served-name", callback_interval_s=0.05, log_interval_s=0.05, **kw)
+        generation=GenerationSettings(call_size=lambda seq_len: 8, batches_in_flight=4, callback_interval_s=0.05,
+                                      log_interval_s=0.05, call_timeout_s=call_timeout_s),
+        settings=ArtifactSettings(**{"replicas": 2, "served_model_name": "served-name", **settings}), **kw)
     holder["svc"] = svc
     return svc, policies
 
@@ -347,8 +354,9 @@ def test_policies_between_v1_and_v2():
             await asyncio.sleep(0.01)
             return [1.5] * len(nonces)
 
-        v1 = RoundManager(compute=compute, call_size=lambda s: 8, max_seq_len=128, batches_in_flight=2,
-                          callbacks=sender, generation_conflict=policies.v1_generation_conflict)
+        v1 = RoundManager(compute=compute, callbacks=sender,
+                          settings=GenerationSettings(call_size=lambda s: 8, batches_in_flight=2), max_seq_len=128,
+                          generation_conflict=policies.v1_generation_conflict)
         v1_round = PoCInitRequest(block_hash="b", block_height=1, public_key="k", r_target=1.4, node_id=0,
                                   node_count=1, seq_len=16)
         assert policies.inference_busy_reason() is None

@@ -6,7 +6,7 @@ another engine implementing :class:`PoCEngineProtocol`) without loading vLLM.
 
 from __future__ import annotations
 
-from typing import AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -67,6 +67,14 @@ class PoCBatchResult(BaseModel):
         None, description="Final-norm hidden state at the last position per nonce (only when asked).")
 
 
+class OpenAIServing(Protocol):
+    """Answers an OpenAI route: a head ``{"status", "stream", "media_type"}``, then the JSON body or
+    the SSE chunks (:meth:`poc_serve.engine.openai_server.OpenAIServer.handle`)."""
+
+    def handle(self, route: str, body: dict | None = None) -> AsyncIterator[Any]:
+        ...
+
+
 class PoCEngineProtocol(Protocol):
     """What the Serve layer needs from an engine; tests may inject another implementation."""
 
@@ -84,12 +92,8 @@ class PoCEngineProtocol(Protocol):
         """``{"model", "model_path", "hidden_size", "max_model_len"}`` of the served model."""
         ...
 
-    def chat_prompt(self, messages: list[dict]) -> str:
-        """Chat messages rendered with the model's chat template."""
-        ...
-
-    def generate(self, prompt: str | list[int], sampling: dict, request_id: str) -> AsyncIterator[dict]:
-        """Stream the new text of each generation step."""
+    def openai_server(self) -> OpenAIServing:
+        """The OpenAI routes over this engine (:class:`poc_serve.engine.openai_server.OpenAIServer`)."""
         ...
 
     async def check_health(self) -> None:

@@ -78,10 +78,12 @@ class PoCEngineDeployment:
             serving, self._generation = target.serving, target.generation
         self.serving = serving
         self.engine: PoCEngineProtocol | None = None
+        self._openai = None
         self._load_error: str | None = None
         await self._report("loading")
         try:
             self.engine = await engine_factory(serving.engine)
+            self._openai = self.engine.openai_server()
         except Exception as exc:
             await self._report("failed", _first_line(exc))
             raise
@@ -110,9 +112,12 @@ class PoCEngineDeployment:
 
     def _engine(self) -> PoCEngineProtocol:
         if self.engine is None:
-            raise PoCComputeError(f"no model loaded on this engine replica: "
-                                  f"{self._load_error or 'loading ' + self.serving.served_model_name}")
+            raise PoCComputeError(self._engine_error())
         return self.engine
+
+    def _engine_error(self) -> str:
+        return (f"no model loaded on this engine replica: "
+                f"{self._load_error or 'loading ' + self.serving.served_model_name}")
 
     @contextlib.contextmanager
     def _failures_named(self, seq_len: int, count: int, kind: str) -> Iterator[None]:
@@ -130,21 +135,14 @@ class PoCEngineDeployment:
                          exc_info=exc)
             raise PoCComputeError(reason) from exc
 
-    async def generate(self, request: dict) -> AsyncIterator[dict]:
-        """Stream one inference request: ``{"prompt" | "messages", "sampling", "request_id"}``.
-        Bad requests (prompt too long, bad sampling values) yield one ``{"error": ...}`` chunk so
-        the ingress can answer 400 instead of failing the stream."""
-        from poc_serve.engine.vllm_compat import REQUEST_ERRORS
-
-        engine = self._engine()
-        try:
-            prompt = request.get("prompt")
-            if prompt is None:
-                prompt = engine.chat_prompt(request["messages"])
-            async for chunk in engine.generate(prompt, request["sampling"], request["request_id"]):
-                yield chunk
-        except REQUEST_ERRORS as exc:
-            yield {"error": str(exc)}
+    async def openai(self, route: str, body: dict) -> AsyncIterator:
+        """``body`` on an OpenAI route, answered by vLLM's serving classes over this replica's
+        engine (:meth:`poc_serve.engine.openai_server.OpenAIServer.handle`: a head, then the JSON
+        body or the SSE chunks). Closing the stream (the client left) aborts the engine request."""
+        if self.engine is None:
+            raise PoCComputeError(self._engine_error())
+        async for item in self._openai.handle(route, body):
+            yield item
 
     async def check_health(self) -> None:
         """Serve marks the replica unhealthy (and replaces it) when the engine is dead; a replica
@@ -172,7 +170,7 @@ class PoCEngineDeployment:
                 logger.exception("engine replica: reading or writing the model board failed")
 
     async def _load(self, target: ModelTarget) -> None:
-        old, self.engine = self.engine, None
+        old, self.engine, self._openai = self.engine, None, None
         self.serving, self._generation, self._load_error = target.serving, target.generation, None
         name = target.serving.served_model_name
         logger.info("engine replica: loading %s (generation %d)", name, target.generation)
@@ -182,6 +180,7 @@ class PoCEngineDeployment:
             old.shutdown()
         try:
             self.engine = await self._factory(target.serving.engine)
+            self._openai = self.engine.openai_server()
         except Exception as exc:  # noqa: BLE001 - reported: the node says what is true
             self._load_error = f"loading {name} failed: {_first_line(exc)}"
             logger.exception("engine replica: %s", self._load_error)

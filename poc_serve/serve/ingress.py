@@ -20,6 +20,7 @@ from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.core.callbacks import CallbackSender
 from poc_serve.serve.core.engine_client import PROBE_TIMEOUT_S, EngineClient
 from poc_serve.serve.core.errors import logger
+from poc_serve.serve.core.loop import GenerationSettings
 from poc_serve.serve.core.metrics import PoCMetrics
 from poc_serve.serve.core.policies import EnginePolicies
 from poc_serve.serve.core.model_board import ModelBoard
@@ -35,7 +36,7 @@ from poc_serve.serve.openai.service import InferenceService
 from poc_serve.serve.pow_v1 import router as v1_router
 from poc_serve.serve.pow_v1.service import RoundManager
 from poc_serve.serve.pow_v2 import router as v2_router
-from poc_serve.serve.pow_v2.service import ArtifactService
+from poc_serve.serve.pow_v2.service import ArtifactService, ArtifactSettings
 
 # On a graceful shutdown the batches in flight get this long to finish (the engine replicas may be
 # going away at the same time), then found nonces and artifacts this long to reach their
@@ -73,8 +74,10 @@ class PoCIngress(node_router.NodeRoutes, v1_router.PoCV1Routes, v2_router.PoCV2R
     def __init__(self, engine: DeploymentHandle, args: PoCAppArgs):
         self.metrics = metrics = PoCMetrics()
         self.engine = EngineClient(engine, args.serving(), metrics)
-        in_flight = args.num_engine_replicas * args.batches_in_flight_per_replica
-        call_size = self.engine.poc_call_size
+        generation = GenerationSettings(
+            call_size=self.engine.poc_call_size,
+            batches_in_flight=args.num_engine_replicas * args.batches_in_flight_per_replica,
+            callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s)
         # The v1 round, the v2 generation loop and the v2 jobs are checkpointed in the GCS under the
         # app's name: the replica Serve starts after this one dies resumes them (docs/design.md).
         app_name = serve.get_replica_context().app_name
@@ -85,21 +88,19 @@ class PoCIngress(node_router.NodeRoutes, v1_router.PoCV1Routes, v2_router.PoCV2R
                                        v2_generating=lambda: self.artifacts.generation.running,
                                        allow_inference_during_validation=args.allow_inference_during_validation)
         self.rounds = RoundManager(
-            compute=self.engine.compute, call_size=call_size, max_seq_len=args.engine.max_model_len,
-            batches_in_flight=in_flight, callbacks=self._sender(args, "v1"), metrics=metrics,
-            callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
-            generation_conflict=self.policies.v1_generation_conflict, journal=v1_journal, readiness=self.engine)
+            compute=self.engine.compute, callbacks=self._sender(args, "v1"), settings=generation,
+            max_seq_len=args.engine.max_model_len, generation_conflict=self.policies.v1_generation_conflict,
+            metrics=metrics, journal=v1_journal, readiness=self.engine)
         # v2's senders follow spec 4.2: 10 attempts, a 4xx other than 408/429 is final.
         v2_sender = dict(max_attempts=10, retry_client_errors=False)
         self.artifacts = ArtifactService(
             compute=self.engine.compute_artifacts, model_info=self.engine.model_info,
-            call_size=call_size, replicas=args.num_engine_replicas, batches_in_flight=in_flight,
             stream=self._sender(args, "v2_generation", **v2_sender), jobs=self._sender(args, "v2_jobs", **v2_sender),
             generation_conflict=self.policies.v2_generation_conflict, jobs_may_run=self.policies.jobs_may_run,
-            served_model_name=args.served_model_name, metrics=metrics,
-            callback_interval_s=args.callback_interval_s, log_interval_s=args.log_interval_s,
-            p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold,
-            journal=v2_journal, job_journal=job_journal)
+            generation=generation, settings=ArtifactSettings(
+                replicas=args.num_engine_replicas, served_model_name=args.served_model_name,
+                p_value_threshold_as_fraud_threshold=args.v2_p_value_threshold_as_fraud_threshold),
+            metrics=metrics, journal=v2_journal, job_journal=job_journal)
         self.node = NodeService(ModelBoard(RayKVStore(), app_name), args.serving(), self.engine, self.rounds,
                                 self.artifacts, replicas=args.num_engine_replicas,
                                 layout_fixed=args.accelerator == "gpu")

@@ -1,11 +1,14 @@
 """The part of the engine protocol that every stand-in engine answers alike: what the fast test
 layer and the CPU benchmarks inject through the engine deployment's ``engine_factory`` in place
 of vLLM. A stand-in subclasses :class:`StandInEngine`, adds the calls it is used for (``compute``,
-``compute_artifacts``, ``generate``) and is injected as ``engine_factory=TheClass.factory``.
+``compute_artifacts``) and is injected as ``engine_factory=TheClass.factory``; its OpenAI routes
+are :class:`StandInOpenAIServer`'s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 from typing import Any
 
 
@@ -28,3 +31,40 @@ class StandInEngine:
 
     def shutdown(self) -> None:
         pass
+
+    def openai_server(self) -> "StandInOpenAIServer":
+        return StandInOpenAIServer(self.model_info()["model"])
+
+
+class StandInOpenAIServer:
+    """The OpenAI routes of a stand-in engine: a completion or chat answer of ``max_tokens`` tokens
+    ``t0 t1 ...`` (streamed or not), 404 for another model; the shapes of vLLM's answers, enough
+    for the ingress's gate and relay."""
+
+    def __init__(self, model: str):
+        self.model = model
+
+    async def handle(self, route: str, body: dict | None = None):
+        body = body or {}
+        if body.get("model") != self.model:
+            yield {"status": 404, "stream": False, "media_type": "application/json"}
+            yield {"error": {"message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError",
+                             "param": "model", "code": 404}}
+            return
+        tokens = [f"t{i} " for i in range(int(body.get("max_tokens") or 3))]
+        chat = route == "/v1/chat/completions"
+        usage = {"prompt_tokens": 1, "completion_tokens": len(tokens), "total_tokens": 1 + len(tokens)}
+        if not body.get("stream"):
+            choice = ({"message": {"role": "assistant", "content": "".join(tokens)}} if chat
+                      else {"text": "".join(tokens)})
+            yield {"status": 200, "stream": False, "media_type": "application/json"}
+            yield {"id": "stand-in", "object": "chat.completion" if chat else "text_completion", "model": self.model,
+                   "choices": [{"index": 0, **choice, "finish_reason": "length"}], "usage": usage}
+            return
+        yield {"status": 200, "stream": True, "media_type": "text/event-stream"}
+        for token in tokens:
+            await asyncio.sleep(0.01)
+            delta = {"delta": {"content": token}} if chat else {"text": token}
+            chunk = {"id": "stand-in", "model": self.model, "choices": [{"index": 0, **delta, "finish_reason": None}]}
+            yield f"data: {json.dumps(chunk)}\n\n"
+        yield "data: [DONE]\n\n"

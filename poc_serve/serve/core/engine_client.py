@@ -81,9 +81,10 @@ class EngineClient(EngineReadiness):
         except Exception as exc:  # the replica died between the readiness probe and this call
             raise ServiceError(503, f"no engine replica answered model_info: {type(exc).__name__}") from exc
 
-    def generate(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
-        """One inference request's chunks, streamed from an engine replica."""
-        return self._handle.options(stream=True).generate.remote(request)
+    def openai(self, route: str, body: dict[str, Any]) -> AsyncIterator[Any]:
+        """vLLM's answer to ``body`` on ``route``, streamed from an engine replica: a head
+        ``{"status", "stream", "media_type"}``, then the JSON body or the SSE chunks."""
+        return self._handle.options(stream=True).openai.remote(route, body)
 
     async def unavailable(self, timeout: float = READY_TIMEOUT_S) -> str | None:
         """None when an engine replica answers within ``timeout``; else why not (kept in ``error``)."""

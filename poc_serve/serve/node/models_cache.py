@@ -38,6 +38,7 @@ Decisions:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -219,12 +220,16 @@ class ModelCache:
                 raise ModelCacheError(404, f"{model.hf_repo} is not in the cache")
             shutil.rmtree(repo_path)
             return DeleteResponse(status="deleted", model=model)
-        repo = self._cached_repo(model.hf_repo)
+        info = self._scan()
+        repo = self._repo_in(info, model.hf_repo)
         revisions = self._matching(repo, model.hf_commit) if repo else []
         if not revisions:
             raise ModelCacheError(404, f"{model.task_id()} is not in the cache")
-        info = self._scan()
-        info.delete_revisions(*(r.commit_hash for r in revisions)).execute()
+        # HFCacheInfo.delete_revisions looks a hash up across every cached repo and takes the first
+        # repo (in frozenset order) that holds it: another repo with the same commit hash (a
+        # duplicate or mirror) could lose its revision instead of this one. Scope it to this repo.
+        scoped = dataclasses.replace(info, repos=frozenset({repo}))
+        scoped.delete_revisions(*(r.commit_hash for r in revisions)).execute()
         return DeleteResponse(status="deleted", model=model)
 
     def close(self) -> None:
@@ -304,7 +309,10 @@ class ModelCache:
             return None
 
     def _cached_repo(self, repo_id: str):
-        info = self._scan()
+        return self._repo_in(self._scan(), repo_id)
+
+    @staticmethod
+    def _repo_in(info, repo_id: str):
         return next((r for r in (info.repos if info else ()) if r.repo_type == "model" and r.repo_id == repo_id), None)
 
     def _unreadable_repos(self, readable: set[str]) -> list[str]:

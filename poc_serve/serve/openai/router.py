@@ -1,14 +1,19 @@
-"""Routes of the OpenAI-compatible API under /v1 over the
-:class:`~poc_serve.serve.openai.service.InferenceService` that the ingress holds as ``self.inference``."""
+"""The OpenAI-compatible routes, as ``vllm serve`` has them: /v1/chat/completions,
+/v1/completions, /tokenize, /detokenize relayed to vLLM's serving classes in an engine replica,
+and /v1/models, over the :class:`~poc_serve.serve.openai.service.InferenceService` that the
+ingress holds as ``self.inference``. Bodies are vLLM's request models (its docs list the fields);
+the OpenAPI page shows them as free JSON objects."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
 
-from poc_serve.serve.openai.protocol import ChatCompletionRequest, CompletionRequest
+from fastapi import APIRouter, Body
+
 from poc_serve.serve.openai.service import InferenceService
 
-router = APIRouter(prefix="/v1", tags=["OpenAI"])
+router = APIRouter(tags=["OpenAI"])
+_BODY = Body(..., description="vLLM's request body for this route (OpenAI's fields and vLLM's extras).")
 
 
 class OpenAIRoutes:
@@ -16,14 +21,22 @@ class OpenAIRoutes:
 
     inference: InferenceService
 
-    @router.get("/models")
+    @router.get("/v1/models")
     async def models(self) -> dict:
         return self.inference.models()
 
-    @router.post("/completions")
-    async def completions(self, body: CompletionRequest):
-        return await self.inference.completion(body)
+    @router.post("/v1/chat/completions")
+    async def chat_completions(self, body: dict[str, Any] = _BODY):
+        return await self.inference.answer("/v1/chat/completions", body)
 
-    @router.post("/chat/completions")
-    async def chat_completions(self, body: ChatCompletionRequest):
-        return await self.inference.chat(body)
+    @router.post("/v1/completions")
+    async def completions(self, body: dict[str, Any] = _BODY):
+        return await self.inference.answer("/v1/completions", body)
+
+    @router.post("/tokenize")
+    async def tokenize(self, body: dict[str, Any] = _BODY):
+        return await self.inference.answer("/tokenize", body)
+
+    @router.post("/detokenize")
+    async def detokenize(self, body: dict[str, Any] = _BODY):
+        return await self.inference.answer("/detokenize", body)

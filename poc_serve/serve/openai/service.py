@@ -1,27 +1,31 @@
-"""OpenAI-compatible inference over the engine replicas, blocked while a PoC round runs.
+"""Inference over the engine replicas, refused while PoC holds the engine.
 
-The engine is shared with PoC: while the round is GENERATING (or VALIDATING, unless allowed) new
-requests get 503 with Retry-After. Requests already running when a round starts are finished, not
-aborted: PoC batches and inference steps interleave in the engine, and PoC results do not depend
-on them (tested).
+Each request is answered by vLLM's own OpenAI serving classes inside an engine replica
+(:class:`poc_serve.engine.openai_server.OpenAIServer`) and streamed back through the Serve
+handle. This service only decides whether a request may go to an engine:
+- 503 with Retry-After while a PoC generation runs (v1 or v2), or a v1 round validates unless the
+  app allows it (:mod:`poc_serve.serve.core.policies`);
+- 503 while inference is down (``POST /api/v1/stop``) or no engine replica is ready (a load);
+- 400 for a body that is not a JSON object.
+Requests already running when a round starts are finished, not aborted: PoC batches and
+inference steps interleave in the engine. A client that disconnects cancels the handle's stream,
+which aborts its engine request. ``/v1/models`` is answered here, from what the engines serve.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
-import uuid
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any, AsyncIterator, Callable
 
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from poc_serve.serve.core.engine_client import EngineClient
 from poc_serve.serve.core.metrics import PoCMetrics
-from poc_serve.serve.openai.protocol import ChatCompletionRequest, CompletionRequest, OpenAIError
+from poc_serve.serve.openai.protocol import OpenAIError
+
 
 class InferenceService:
-    """Turns OpenAI requests into engine calls and engine chunks into OpenAI responses."""
+    """Gates requests and relays vLLM's answers from an engine replica."""
 
     def __init__(self, engine: EngineClient, busy_reason: Callable[[], str | None],
                  retry_after_s: int, metrics: PoCMetrics | None = None):
@@ -31,86 +35,46 @@ class InferenceService:
         self._metrics = metrics
 
     def models(self) -> dict[str, Any]:
-        """GET /v1/models."""
+        """GET /v1/models: the served name first, then its aliases (vLLM's shape)."""
+        serving = self._engine.serving
+        names = [serving.served_model_name, *serving.served_model_aliases]
         return {"object": "list", "data": [
-            {"id": self._engine.served_model_name, "object": "model", "created": 0, "owned_by": "poc_serve"}]}
+            {"id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": serving.model,
+             "max_model_len": serving.engine.max_model_len} for name in names]}
 
-    async def completion(self, req: CompletionRequest):
-        """POST /v1/completions."""
-        return await self._run(req, {"prompt": req.prompt}, "cmpl", "text_completion",
-                               lambda text: {"text": text}, lambda text: {"text": text})
-
-    async def chat(self, req: ChatCompletionRequest):
-        """POST /v1/chat/completions."""
-        messages = [m.model_dump() for m in req.messages]
-        return await self._run(req, {"messages": messages}, "chatcmpl", "chat.completion",
-                               lambda text: {"message": {"role": "assistant", "content": text}},
-                               lambda text: {"delta": {"role": "assistant", "content": text}})
-
-    async def _run(self, req, prompt: dict, id_prefix: str, kind: str, whole, delta):
-        busy = self._busy_reason() or self._engine.inference_down
+    async def answer(self, route: str, body: Any) -> JSONResponse | StreamingResponse:
+        """``body`` on ``route`` (one of ENGINE_ROUTES), answered by an engine replica."""
+        generative = route.startswith("/v1/")
+        busy = (self._busy_reason() if generative else None) or self._engine.inference_down
         if busy:
-            self._count_rejected("poc_running")
-            raise OpenAIError(503, busy, "poc_running", {"Retry-After": str(self._retry_after_s)})
-        served = self._engine.served_model_name
-        if req.model != served:
-            raise OpenAIError(404, f"model {req.model!r} is not served here; GET /v1/models lists {served!r}")
+            self._count_rejected("poc_running" if generative and self._busy_reason() else "inference_down")
+            raise OpenAIError(503, busy, headers={"Retry-After": str(self._retry_after_s)})
+        if not isinstance(body, dict):
+            raise OpenAIError(400, "the request body must be a JSON object")
         unavailable = await self._engine.unavailable()
         if unavailable:  # answered within seconds instead of waiting for a replica that may never come
             self._count_rejected("engine_unavailable")
             raise OpenAIError(503, unavailable, headers={"Retry-After": str(self._retry_after_s)})
-        request_id = f"{id_prefix}-{uuid.uuid4().hex}"
-        chunks = self._engine.generate({**prompt, "sampling": req.sampling(), "request_id": request_id})
-        with _engine_failures():
-            first = await anext(chunks)  # errors (prompt too long, ...) surface before any byte is sent
-        if "error" in first:
-            raise OpenAIError(400, first["error"])
-        head = {"id": request_id, "created": int(time.time()), "model": served}
-        if req.stream:
-            return StreamingResponse(self._stream(first, chunks, head, kind + ".chunk" if kind.startswith("chat")
-                                                  else kind, delta), media_type="text/event-stream")
-        text, last = first["text"], first
-        with _engine_failures():
-            async for chunk in chunks:
-                text, last = text + chunk["text"], chunk
-        choice = {"index": 0, **whole(text), "finish_reason": last["finish_reason"]}
-        return {**head, "object": kind, "choices": [choice], "usage": _usage(last)}
+        items = self._engine.openai(route, body)
+        try:
+            head = await anext(items)
+            if not head["stream"]:
+                return JSONResponse(await anext(items), status_code=head["status"])
+        except Exception as exc:  # the replica died, or Ray could not reach it
+            raise OpenAIError(503, f"inference failed on the engine: {type(exc).__name__}: {exc}"[:500]) from exc
+        return StreamingResponse(_relay(items), status_code=head["status"], media_type=head["media_type"])
 
     def _count_rejected(self, reason: str) -> None:
         if self._metrics:
             self._metrics.record_inference_rejected(reason)
 
-    @staticmethod
-    async def _stream(first, chunks, head, kind, delta) -> AsyncIterator[str]:
-        async def all_chunks():
-            yield first
-            async for chunk in chunks:
-                yield chunk
 
-        try:
-            with _engine_failures():
-                async for chunk in all_chunks():
-                    if "error" in chunk:
-                        raise OpenAIError(400, chunk["error"])
-                    body = {**head, "object": kind, "choices": [
-                        {"index": 0, **delta(chunk["text"]), "finish_reason": chunk["finish_reason"]}]}
-                    yield f"data: {json.dumps(body)}\n\n"
-        except OpenAIError as exc:  # the status line is sent: the error goes in the stream
-            yield f"data: {json.dumps(exc.body())}\n\n"
-        yield "data: [DONE]\n\n"
-
-
-@contextlib.contextmanager
-def _engine_failures() -> Iterator[None]:
-    """An engine replica that fails mid-request (died, unreachable) becomes a 503 naming it."""
+async def _relay(items: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The SSE chunks; an engine lost mid-stream ends it with an error chunk and [DONE]."""
     try:
-        yield
-    except OpenAIError:
-        raise
-    except Exception as exc:
-        raise OpenAIError(503, f"inference failed on the engine: {type(exc).__name__}") from exc
-
-
-def _usage(chunk: dict[str, Any]) -> dict[str, int]:
-    return {"prompt_tokens": chunk["prompt_tokens"], "completion_tokens": chunk["completion_tokens"],
-            "total_tokens": chunk["prompt_tokens"] + chunk["completion_tokens"]}
+        async for chunk in items:
+            yield chunk
+    except Exception as exc:  # noqa: BLE001 - the status line is sent: the error goes in the stream
+        error = OpenAIError(503, f"inference failed on the engine: {type(exc).__name__}")
+        yield f"data: {json.dumps(error.body())}\n\n"
+        yield "data: [DONE]\n\n"

@@ -1,5 +1,5 @@
-"""The PoC v1 round: state machine, statistics, validation; generation runs on the shared driver
-(:mod:`poc_serve.serve.core.driver`).
+"""The PoC v1 round: state machine, its ledger (valid nonces and distances), validation; generation
+runs on the shared loop (:mod:`poc_serve.serve.core.loop`).
 
 Knows nothing of HTTP or Ray: it computes through an injected ``compute`` coroutine (in the
 service, a call to the engine deployment's handle) so that tests can drive it directly.
@@ -8,17 +8,16 @@ service, a call to the engine deployment's handle) so that tests can drive it di
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 from poc_serve.engine.protocol import PoCRound
 from poc_serve.poc import NonceSequence, judge
 from poc_serve.serve.core.callbacks import CallbackSender
 from poc_serve.serve.core.engine_client import EngineReadiness
-from poc_serve.serve.core.driver import Every, drive_batches
 from poc_serve.serve.core.errors import ServiceError, logger
+from poc_serve.serve.core.loop import GenerationLoop, GenerationSettings
 from poc_serve.serve.core.metrics import PoCMetrics
 from poc_serve.serve.pow_v1.protocol import (CallbackStats, PoCInitRequest, PoCStatus, ProofBatch, State,
                                              ValidatedBatch, ValidationStats)
@@ -29,47 +28,37 @@ ComputeFn = Callable[[PoCRound, list[int]], Awaitable[list[float]]]
 
 @dataclass
 class GenerationStats:
-    """Generation counters of one round."""
+    """Generation counters of one round (its generating time is the loop's)."""
 
     checked: int = 0
     valid_nonces: list[int] = field(default_factory=list)
     valid_distances: list[float] = field(default_factory=list)
-    generating_seconds: float = 0.0
-    generating_since: float | None = None
     # Valid nonces handed to the callback sender, and those it settled (delivered or gave up):
     # a resumed round sends valid_nonces[settled:] again, nothing before.
     handed_over: int = 0
     settled: int = 0
 
-    def elapsed(self) -> float:
-        running = time.monotonic() - self.generating_since if self.generating_since is not None else 0.0
-        return self.generating_seconds + running
-
 
 class RoundManager:
     """Holds the node's round and drives generation and validation.
 
-    ``call_size(seq_len)`` gives nonces per engine call; ``batches_in_flight`` calls are kept
-    running at once (replicas x per-replica queue) so every engine replica stays busy. With a
-    ``journal`` every change is checkpointed, and :meth:`resume` continues a round from it.
+    ``settings`` size and pace the engine calls (v1 calls have no time bound: its
+    ``call_timeout_s`` is not used), the sends and the progress lines. With a ``journal`` every
+    change is checkpointed, and :meth:`resume` continues a round from it.
     """
 
-    def __init__(self, compute: ComputeFn, call_size: Callable[[int], int], max_seq_len: int,
-                 batches_in_flight: int, callbacks: CallbackSender, metrics: PoCMetrics | None = None,
-                 callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
-                 generation_conflict: Callable[[], str | None] = lambda: None, journal: RoundJournal | None = None,
+    def __init__(self, compute: ComputeFn, callbacks: CallbackSender, settings: GenerationSettings,
+                 max_seq_len: int, generation_conflict: Callable[[], str | None] = lambda: None,
+                 metrics: PoCMetrics | None = None, journal: RoundJournal | None = None,
                  readiness: EngineReadiness | None = None):
         self._compute = compute
         self._readiness = readiness or EngineReadiness()
         # Why generation may not start now (another generation holds the engine), or None.
         self._generation_conflict = generation_conflict
-        self._call_size = call_size
+        self._call_size = settings.call_size
         self.max_seq_len = max_seq_len
-        self._in_flight_limit = batches_in_flight
         self._callbacks = callbacks
         self._metrics = metrics
-        self._callback_interval_s = callback_interval_s
-        self._log_interval_s = log_interval_s
         self.state: State = "IDLE"
         self.request: PoCInitRequest | None = None
         self.gen = GenerationStats()
@@ -77,8 +66,9 @@ class RoundManager:
         self._nonces: NonceSequence | None = None
         self._round_id = uuid.uuid4().hex
         self._checkpointer = Checkpointer(journal, self._snapshot) if journal else None
-        self._loop_task: asyncio.Task | None = None
-        self._stop_requested = asyncio.Event()
+        self._loop = GenerationLoop(replace(settings, call_timeout_s=None), "PoC", self._send_found,
+                                    lambda: self.gen.checked, self._progress_line,
+                                    metrics.record_rate if metrics else None, self._checkpointer)
         self._lock = asyncio.Lock()
 
     # ---------------------------------------------------------------- control
@@ -159,8 +149,7 @@ class RoundManager:
         hundreds of valid nonces a second, so callers that poll often page or omit the lists."""
         req = self.request
         end = None if limit is None else offset + limit
-        elapsed = self.gen.elapsed()
-        rate = self.gen.checked / elapsed if elapsed > 0 else 0.0
+        elapsed, rate = self._loop.elapsed(), self._loop.rate()
         round_fields = {} if req is None else dict(
             r_target=req.r_target, block_hash=req.block_hash, block_height=req.block_height,
             public_key=req.public_key, node_id=req.node_id, node_count=req.node_count,
@@ -216,6 +205,7 @@ class RoundManager:
             raise ServiceError(400, f"seq_len {req.seq_len} exceeds the engine's max_model_len {self.max_seq_len}")
         self.request = req
         self.gen = GenerationStats()
+        self._loop.reset()
         self.val = ValidationStats()
         self._round_id = uuid.uuid4().hex
         self._nonces = NonceSequence(req.node_id, req.node_count) if req.has_node_assignment() else None
@@ -228,42 +218,19 @@ class RoundManager:
         self._changed()
 
     def _start_generation(self) -> None:
-        req = self.request
+        req, gen = self.request, self.gen
         if self._nonces is None:
             self._nonces = NonceSequence(req.node_id, req.node_count)
         self._set_state("GENERATING")
-        self.gen.generating_since = time.monotonic()
-        self._stop_requested = asyncio.Event()
-        self._loop_task = asyncio.create_task(self._generate(req, self._nonces, self.gen, self._stop_requested))
+        round_, nonces = _poc_round(req, req.public_key), self._nonces
+        self._loop.start(lambda batch: self._compute(round_, batch), nonces, req.seq_len,
+                         lambda batch, distances: self._record(req, gen, nonces, batch, distances))
 
     async def _stop_generation(self, timeout: float | None = None) -> None:
-        """Let in-flight batches finish (their nonces count), then send what was found. After
-        ``timeout`` s the batches still in flight are abandoned (they stay open in the nonce
+        """Let in-flight batches finish (their nonces count), save them, then send what was found.
+        After ``timeout`` s the batches still in flight are abandoned (they stay open in the nonce
         sequence, so a resumed round computes them)."""
-        if self._loop_task is None:
-            return
-        self._stop_requested.set()
-        try:
-            await asyncio.wait_for(self._loop_task, timeout)
-        except asyncio.TimeoutError:
-            logger.warning("abandoned the PoC batches still in flight after %.0f s", timeout)
-        self._loop_task = None
-        if self.gen.generating_since is not None:
-            self.gen.generating_seconds += time.monotonic() - self.gen.generating_since
-            self.gen.generating_since = None
-        self._changed()
-        await self._saved()  # every found nonce saved, so all of them may go now
-        self._send_found()
-        self._log_progress()
-
-    async def _generate(self, req: PoCInitRequest, nonces: NonceSequence, stats: GenerationStats,
-                        stop: asyncio.Event) -> None:
-        round_ = _poc_round(req, req.public_key)
-        await drive_batches(
-            lambda batch: self._compute(round_, batch), nonces, self._call_size(req.seq_len), self._in_flight_limit,
-            lambda batch, distances: self._record(req, stats, nonces, batch, distances), stop,
-            periodic=[Every(self._callback_interval_s, self._send_found),
-                      Every(self._log_interval_s, self._log_progress)])
+        await self._loop.stop(timeout)
 
     def _record(self, req: PoCInitRequest, stats: GenerationStats, nonces: NonceSequence, batch: list[int],
                 distances: list[float]) -> None:
@@ -301,19 +268,17 @@ class RoundManager:
     # ---------------------------------------------------------------- checkpoint
 
     def _changed(self) -> None:
-        if self._checkpointer:
-            self._checkpointer.mark()
+        self._loop.changed()
 
     async def _saved(self) -> None:
         """Wait until the store holds every change: a control call answers only what a new
         replica would resume (a /stop answered, then a crash, must not come back GENERATING)."""
-        if self._checkpointer:
-            await self._checkpointer.flush()
+        await self._loop.saved()
 
     def _snapshot(self) -> RoundSnapshot:
         gen, req = self.gen, self.request
         head = dict(round_id=self._round_id, state=self.state, request=req and req.model_dump(mode="json"),
-                    valid=len(gen.valid_nonces), checked=gen.checked, generating_seconds=gen.elapsed(),
+                    valid=len(gen.valid_nonces), checked=gen.checked, generating_seconds=self._loop.elapsed(),
                     settled=gen.settled, validation=self.val.model_dump(mode="json"),
                     sequence=self._nonces.position() if self._nonces else None)
         return RoundSnapshot(head, gen.valid_nonces, gen.valid_distances)
@@ -329,9 +294,9 @@ class RoundManager:
         req = PoCInitRequest.model_validate(head["request"])
         self.request, self._round_id = req, head["round_id"]
         self.gen = GenerationStats(checked=head["checked"], valid_nonces=snapshot.valid_nonces,
-                                   valid_distances=snapshot.valid_distances,
-                                   generating_seconds=head["generating_seconds"], handed_over=head["settled"],
+                                   valid_distances=snapshot.valid_distances, handed_over=head["settled"],
                                    settled=head["settled"])
+        self._loop.reset(head["generating_seconds"])
         self.val = ValidationStats.model_validate(head["validation"])
         self._nonces = NonceSequence(req.node_id, req.node_count) if head["sequence"] else None
         if self._nonces:
@@ -346,14 +311,12 @@ class RoundManager:
             self._set_state(head["state"])
             self._send_found()
 
-    def _log_progress(self) -> None:
+    def _progress_line(self, elapsed_s: float, rate: float) -> str:
         valid, checked = len(self.gen.valid_nonces), self.gen.checked
-        minutes = max(self.gen.elapsed() / 60, 1e-9)
-        if self._metrics:
-            self._metrics.record_rate(checked / (minutes * 60))
+        minutes = max(elapsed_s / 60, 1e-9)
         one_in = f"{checked / valid:.0f}" if valid else "inf"
-        logger.info(f"Generated: {valid} / {checked} (1 in {one_in}) Time: {minutes:.2f}min "
-                    f"({valid / minutes:.2f} valid/min, {checked / minutes:.2f} raw/min)")
+        return (f"Generated: {valid} / {checked} (1 in {one_in}) Time: {minutes:.2f}min "
+                f"({valid / minutes:.2f} valid/min, {checked / minutes:.2f} raw/min)")
 
 
 def _poc_round(req: PoCInitRequest, public_key: str) -> PoCRound:

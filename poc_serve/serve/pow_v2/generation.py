@@ -1,5 +1,6 @@
-"""The PoC v2 generation loop (poc-v2.md section 4.1): one nonce counter over all engine replicas,
-the new artifacts sent to ``{url}/generated`` at most every callback interval, the progress line.
+"""The PoC v2 generation (poc-v2.md section 4.1): one nonce counter over all engine replicas, the
+new artifacts sent to ``{url}/generated`` at most every callback interval, the progress line; the
+loop itself is the shared one (:mod:`poc_serve.serve.core.loop`), this module keeps the ledger.
 
 With a journal the loop outlives its ingress replica. Artifacts are deterministic, so the
 checkpoint holds no artifact: a batch stays open in the nonce sequence's position until the
@@ -10,8 +11,6 @@ Knows nothing of HTTP or Ray: artifacts come from an injected ``compute`` corout
 
 from __future__ import annotations
 
-import asyncio
-import time
 import uuid
 from typing import Awaitable, Callable
 
@@ -19,8 +18,8 @@ from poc_serve.engine.protocol import ArtifactRound
 from poc_serve.poc.nonces import NonceSequence
 from poc_serve.serve.pow_v2.protocol import GenerationConfig, GenerationInit, GenerationStats
 from poc_serve.serve.core.callbacks import CallbackSender
-from poc_serve.serve.core.driver import Every, drive_batches
 from poc_serve.serve.core.errors import logger
+from poc_serve.serve.core.loop import GenerationLoop, GenerationSettings
 from poc_serve.serve.core.metrics import PoCMetrics
 from poc_serve.serve.core.store import Checkpointer, RoundJournal, RoundSnapshot
 
@@ -42,22 +41,14 @@ def encoding(k_dim: int) -> dict:
 class ArtifactGeneration:
     """Runs at most one generation loop; keeps its config and counters until the next start."""
 
-    def __init__(self, compute: ArtifactComputeFn, call_size: Callable[[int], int], batches_in_flight: int,
-                 sender: CallbackSender, metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0,
-                 log_interval_s: float = 5.0, call_timeout_s: float = 60.0, journal: RoundJournal | None = None):
+    def __init__(self, compute: ArtifactComputeFn, sender: CallbackSender, settings: GenerationSettings,
+                 metrics: PoCMetrics | None = None, journal: RoundJournal | None = None):
         self._compute = compute
-        self._call_size = call_size
-        self._in_flight_limit = batches_in_flight
         self._sender = sender
         self._metrics = metrics
-        self._callback_interval_s = callback_interval_s
-        self._log_interval_s = log_interval_s
-        self._call_timeout_s = call_timeout_s
         self.config: GenerationInit | None = None
         self.total = 0
         self.nonfinite = 0
-        self._seconds = 0.0
-        self._since: float | None = None
         self._unsent: list[dict] = []
         self._unsent_batches: list[list[int]] = []
         self._nonces: NonceSequence | None = None
@@ -65,38 +56,32 @@ class ArtifactGeneration:
         self._settled = 0
         self._resumable = False  # whether the saved loop is to go on after a restart
         self._loop_id = uuid.uuid4().hex
-        self._checkpointer = Checkpointer(journal, self._snapshot) if journal else None
-        self._task: asyncio.Task | None = None
-        self._stop = asyncio.Event()
+        self._loop = GenerationLoop(settings, "PoC v2", self._send_unsent, lambda: self.total,
+                                    lambda elapsed_s, rate: f"Generated: {self.total} nonces ({rate * 60:.0f}/min)",
+                                    metrics.record_artifact_rate if metrics else None,
+                                    Checkpointer(journal, self._snapshot) if journal else None)
 
     @property
     def running(self) -> bool:
         """Whether the loop runs (also while it finishes its last batches after a stop)."""
-        return self._task is not None
+        return self._loop.running
 
     def start(self, config: GenerationInit, resume_from: dict | None = None) -> None:
         """Start a new loop from nonce index 0 with fresh counters (the caller stopped the last
         one), or go on from a checkpoint's head (``resume_from``)."""
-        assert self._task is None, "stop the running generation first"
         head = resume_from or {}
+        self._loop.reset(head.get("seconds", 0.0))
         self.config, self.nonfinite = config, head.get("nonfinite", 0)
         self.total = self._settled = head.get("settled", 0)
-        self._seconds = head.get("seconds", 0.0)
         self._loop_id = head.get("round_id") or uuid.uuid4().hex
         self._unsent, self._unsent_batches = [], []
-        self._since = time.monotonic()
-        self._stop = asyncio.Event()
         self._nonces = nonces = NonceSequence(config.node_id, config.node_count, config.group_id, config.n_groups)
         if head:
             nonces.restore(head["sequence"])
         self._resumable = True
-        self._changed()
+        self._loop.changed()
         round_ = artifact_round(config)
-        self._task = asyncio.create_task(drive_batches(
-            lambda batch: self._compute(round_, batch), nonces, self._call_size(config.params.seq_len),
-            self._in_flight_limit, self._record, self._stop, call_timeout_s=self._call_timeout_s,
-            periodic=[Every(self._callback_interval_s, self._send_unsent),
-                      Every(self._log_interval_s, self._log_progress)]))
+        self._loop.start(lambda batch: self._compute(round_, batch), nonces, config.params.seq_len, self._record)
         if self._metrics:
             self._metrics.record_v2_generating(True)
 
@@ -104,30 +89,18 @@ class ArtifactGeneration:
         """Let the batches in flight finish (their artifacts count and are sent), then end the loop;
         ``resumable``: the saved loop goes on after a restart (a shutdown, not the network's stop).
         After ``timeout`` s the batches still in flight are abandoned (they stay open)."""
-        if self._task is None:
+        if not self._loop.running:
             return
         self._resumable = resumable
-        self._stop.set()
         try:
-            await asyncio.wait_for(self._task, timeout)
-        except asyncio.TimeoutError:
-            logger.warning("abandoned the PoC v2 batches still in flight after %.0f s", timeout)
-        except Exception:  # a bug, not an engine failure (those are retried): stop anyway, say why
-            logger.exception("PoC v2 generation loop ended with an error")
+            await self._loop.stop(timeout)
         finally:
-            self._task = None
-            self._seconds += time.monotonic() - self._since
-            self._since = None
-            self._send_unsent()
-            self._log_progress()
-            self._changed()
             if self._metrics:
                 self._metrics.record_v2_generating(False)
 
     async def saved(self) -> None:
         """Wait until the store holds every change (a no-op without a journal)."""
-        if self._checkpointer:
-            await self._checkpointer.flush()
+        await self._loop.saved()
 
     def resume(self, snapshot: RoundSnapshot) -> None:
         """Go on with a loop that a replica before this one saved as running: the batches its
@@ -139,24 +112,18 @@ class ArtifactGeneration:
         logger.info("resuming the PoC v2 generation of block %d: %d artifacts settled by the receiver, "
                     "%d batches to compute again", config.block_height, head["settled"], len(head["sequence"]["open"]))
         self.start(config, resume_from=head)
-        if self._metrics:
-            self._metrics.record_v2_generating(True)
-
-    def _changed(self) -> None:
-        if self._checkpointer:
-            self._checkpointer.mark()
 
     def _snapshot(self) -> RoundSnapshot:
         head = dict(round_id=self._loop_id, valid=0, resumable=self._resumable,
                     config=self.config.model_dump(mode="json"), sequence=self._nonces.position(),
-                    settled=self._settled, nonfinite=self.nonfinite, seconds=self._seconds)
+                    settled=self._settled, nonfinite=self.nonfinite, seconds=self._loop.elapsed())
         return RoundSnapshot(head, [], [])
 
     def stats(self) -> GenerationStats | None:
         """Progress of the current or last loop; None before the first."""
         if self.config is None:
             return None
-        return GenerationStats(total_processed=self.total, nonces_per_second=self._rate())
+        return GenerationStats(total_processed=self.total, nonces_per_second=self._loop.rate())
 
     def status_config(self) -> GenerationConfig | None:
         """Parameters of the current or last loop, as status shows them."""
@@ -166,11 +133,6 @@ class ArtifactGeneration:
         return GenerationConfig(block_hash=c.block_hash, block_height=c.block_height, public_key=c.public_key,
                                 node_id=c.node_id, node_count=c.node_count, group_id=c.group_id,
                                 n_groups=c.n_groups, seq_len=c.params.seq_len, k_dim=c.params.k_dim)
-
-    def _rate(self) -> float:
-        running = time.monotonic() - self._since if self._since is not None else 0.0
-        seconds = self._seconds + running
-        return self.total / seconds if seconds > 0 else 0.0
 
     def _record(self, batch: list[int], vectors: list[str | None]) -> None:
         if len(vectors) != len(batch):
@@ -209,10 +171,4 @@ class ArtifactGeneration:
         for batch in batches:
             nonces.computed(batch)
         self._settled += artifacts
-        self._changed()
-
-    def _log_progress(self) -> None:
-        rate = self._rate()
-        if self._metrics:
-            self._metrics.record_artifact_rate(rate)
-        logger.info(f"Generated: {self.total} nonces ({rate * 60:.0f}/min)")
+        self._loop.changed()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any, Awaitable, Callable
 
 from poc_serve.poc.artifacts import decode_artifact, judge_artifacts
@@ -24,13 +25,12 @@ from poc_serve.serve.pow_v2.protocol import (
 from poc_serve.serve.core.callbacks import GENERATED, VALIDATED, CallbackSender
 from poc_serve.serve.core.driver import BatchFailed, drive_batches
 from poc_serve.serve.core.errors import ServiceError
+from poc_serve.serve.core.loop import GenerationSettings
 from poc_serve.serve.core.metrics import PoCMetrics
 from poc_serve.serve.core.store import JobJournal, RoundJournal
 
 # Engine replicas have no port of their own; the spec's JSON needs an int (docs/v2.md).
 PORT = 0
-# How long a waited request waits for a generation loop to end, and an engine call may take.
-WAIT_TIMEOUT_S = 60.0
 # A job's batch may fail this often (a replica restarting) before the job fails.
 JOB_BATCH_ATTEMPTS = 3
 # Stop gives pending callbacks one last attempt for at most this long. (A new round needs no flush
@@ -38,35 +38,47 @@ JOB_BATCH_ATTEMPTS = 3
 FLUSH_TIMEOUT_S = 10.0
 
 
+@dataclass(frozen=True)
+class ArtifactSettings:
+    """What the v2 contract answers and allows besides the generation settings."""
+
+    replicas: int = 1
+    """Engine replicas: the backends that the answers list."""
+    served_model_name: str | None = None
+    """A model name that requests may give besides the model's id and path."""
+    p_value_threshold_as_fraud_threshold: bool = False
+    """A validation's ``stat_test.p_value_threshold``, when given, is its fraud threshold."""
+    max_queued_nonces: int = MAX_QUEUED_NONCES
+    """Nonces the job queue may hold (429 beyond)."""
+    result_keep_s: float = RESULT_KEEP_S
+    """How long an ended job's result is kept."""
+
+
 class ArtifactService:
     """The node's v2 state: the generation loop, the job queue and the two callback senders
     (``stream`` for the loop's artifacts, ``jobs`` for job results, so that a receiver refusing
-    /validated never holds up /generated)."""
+    /validated never holds up /generated).
+
+    ``generation`` sizes and paces the engine calls of the loop and the jobs; its
+    ``call_timeout_s`` also bounds how long a waited request waits for a generation loop to end.
+    """
 
     def __init__(self, compute: ArtifactComputeFn, model_info: Callable[[], Awaitable[dict[str, Any]]],
-                 call_size: Callable[[int], int], replicas: int, batches_in_flight: int,
                  stream: CallbackSender, jobs: CallbackSender, generation_conflict: Callable[[], str | None],
-                 jobs_may_run: Callable[[], bool], served_model_name: str | None = None,
-                 metrics: PoCMetrics | None = None, callback_interval_s: float = 5.0, log_interval_s: float = 5.0,
-                 call_timeout_s: float = WAIT_TIMEOUT_S, p_value_threshold_as_fraud_threshold: bool = False,
-                 max_queued_nonces: int = MAX_QUEUED_NONCES, result_keep_s: float = RESULT_KEEP_S,
+                 jobs_may_run: Callable[[], bool], generation: GenerationSettings,
+                 settings: ArtifactSettings = ArtifactSettings(), metrics: PoCMetrics | None = None,
                  journal: RoundJournal | None = None, job_journal: JobJournal | None = None):
         self._compute = compute
         self._model_info = model_info
-        self._call_size = call_size
-        self._replicas = replicas
-        self._in_flight_limit = batches_in_flight
+        self._generation_settings = generation
+        self._settings = settings
         self._stream, self._job_sender = stream, jobs
         self._generation_conflict = generation_conflict
         self._jobs_may_run = jobs_may_run
-        self._served_model_name = served_model_name
         self._metrics = metrics
-        self._call_timeout_s = call_timeout_s
-        self._p_value_threshold_as_fraud = p_value_threshold_as_fraud_threshold
-        self.generation = ArtifactGeneration(compute, call_size, batches_in_flight, stream, metrics,
-                                             callback_interval_s, log_interval_s, call_timeout_s, journal)
-        self.jobs = JobQueue(self._run_job, jobs_may_run, self._job_done, max_queued_nonces, result_keep_s,
-                             job_journal)
+        self.generation = ArtifactGeneration(compute, stream, generation, metrics, journal)
+        self.jobs = JobQueue(self._run_job, jobs_may_run, self._job_done, settings.max_queued_nonces,
+                             settings.result_keep_s, job_journal)
         self.nonfinite_in_jobs = 0
         self._deployed: dict[str, Any] | None = None
         self._lock = asyncio.Lock()
@@ -89,7 +101,7 @@ class ArtifactService:
                     raise ServiceError(409, conflict)
                 self.generation.start(body)
                 await self.generation.saved()  # answered once a replica after this one would resume it
-        return InitGenerateAnswer(backends=self._replicas, n_groups=body.n_groups, results=self._results("OK"),
+        return InitGenerateAnswer(backends=self._settings.replicas, n_groups=body.n_groups, results=self._results("OK"),
                                   pow_status=PowStatus(status="GENERATING"))
 
     async def generate(self, body: GenerateRequest) -> dict[str, Any]:
@@ -102,10 +114,11 @@ class ArtifactService:
             job = await self.jobs.submit(body)
             self._record_queue()
             return QueuedAnswer(request_id=job.request_id, queued_count=len(body.nonces)).model_dump()
-        deadline = time.monotonic() + self._call_timeout_s
+        wait_s = self._generation_settings.call_timeout_s
+        deadline = time.monotonic() + wait_s
         while not self._jobs_may_run():
             if time.monotonic() >= deadline:
-                raise ServiceError(503, f"a generation loop held the engine for {self._call_timeout_s:.0f} s: "
+                raise ServiceError(503, f"a generation loop held the engine for {wait_s:.0f} s: "
                                       "POST stop first, or send wait=false")
             await asyncio.sleep(0.2)
         try:
@@ -128,7 +141,7 @@ class ArtifactService:
                                 stats=self.generation.stats())
         senders = (self._stream, self._job_sender)
         return NodeStatus(
-            status=state, backends=[backend] * self._replicas,
+            status=state, backends=[backend] * self._settings.replicas,
             nonfinite_nonces=self.generation.nonfinite + self.nonfinite_in_jobs,
             queued_nonces=self.jobs.queued_nonces, jobs=self.jobs.counts(),
             callbacks={"sent": sum(s.sent_count for s in senders), "pending": sum(s.pending for s in senders),
@@ -160,7 +173,7 @@ class ArtifactService:
     # ---------------------------------------------------------------- internals
 
     def _results(self, status: str) -> list[BackendResult]:
-        return [BackendResult(port=PORT, status=status)] * self._replicas
+        return [BackendResult(port=PORT, status=status)] * self._settings.replicas
 
     def model_changed(self) -> None:
         """The engines load another model: check params against it from now on."""
@@ -170,7 +183,7 @@ class ArtifactService:
         if self._deployed is None:
             self._deployed = await self._model_info()
         info = self._deployed
-        served_model_name = info.get("served_model_name", self._served_model_name)
+        served_model_name = info.get("served_model_name", self._settings.served_model_name)
         names = {info["model"], info["model_path"], served_model_name} - {None}
         fields = [name for name, bad in (("model", params.model not in names),
                                          ("seq_len", params.seq_len > info["max_model_len"]),
@@ -192,9 +205,10 @@ class ArtifactService:
                 raise RuntimeError(f"the engine answered {len(answer)} artifacts for {len(batch)} nonces")
             vectors.update(zip(batch, answer))
 
+        s = self._generation_settings
         await drive_batches(lambda batch: self._compute(round_, batch), NonceList(req.nonces),
-                            min(req.batch_size, self._call_size(round_.seq_len)), self._in_flight_limit, record,
-                            call_timeout_s=self._call_timeout_s, max_attempts=JOB_BATCH_ATTEMPTS)
+                            min(req.batch_size, s.call_size(round_.seq_len)), s.batches_in_flight, record,
+                            call_timeout_s=s.call_timeout_s, max_attempts=JOB_BATCH_ATTEMPTS)
         k = round_.k_dim
         if req.validation is None:
             self.nonfinite_in_jobs += sum(v is None for v in vectors.values())
@@ -204,7 +218,7 @@ class ArtifactService:
         received = {a.nonce: a.vector_b64 for a in req.validation.artifacts}
         test = req.stat_test or StatTest()
         fraud_threshold = test.fraud_threshold
-        if self._p_value_threshold_as_fraud and test.p_value_threshold is not None:
+        if self._settings.p_value_threshold_as_fraud_threshold and test.p_value_threshold is not None:
             fraud_threshold = test.p_value_threshold
         verdict = judge_artifacts(req.nonces, [decode_artifact(vectors[n], k) if vectors[n] else None
                                                for n in req.nonces],
