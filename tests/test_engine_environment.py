@@ -1,12 +1,12 @@
-"""The vLLM environment an engine sets for itself before it starts (vllm_compat.prepare_engine_environment)."""
+"""The vLLM environment an engine sets for itself before it starts (environment.prepare_engine_environment)."""
 
 import os
 import socket
 
 import pytest
 
-from poc_serve.engine.vllm_compat import ENGINE_ENVIRONMENT as VARS
-from poc_serve.engine.vllm_compat import prepare_engine_environment
+from poc_serve.engine.environment import ENGINE_ENVIRONMENT as VARS
+from poc_serve.engine.environment import prepare_engine_environment
 
 BEFORE = {name: os.environ.get(name) for name in VARS}  # as the session started
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from poc_serve.engine import forward
+from poc_serve.engine import forward, kernels
 
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, TOKENS = 4, 2, 64, 96, 10
 
@@ -92,7 +92,7 @@ def torch_fused_qk_norm_rope(qkv, num_heads_q, num_heads_k, num_heads_v, head_di
 
 @pytest.fixture
 def model(monkeypatch):
-    monkeypatch.setattr(forward, "fused_qk_norm_rope_kernel", lambda: torch_fused_qk_norm_rope)
+    monkeypatch.setattr(kernels, "fused_qk_norm_rope_kernel", lambda: torch_fused_qk_norm_rope)
     torch.manual_seed(0)
     return nn.ModuleList([Qwen3Attention(), Qwen3Attention()]).to(torch.bfloat16)
 
@@ -101,7 +101,7 @@ def test_swapped_blocks_compute_what_the_unfused_forward_does(model):
     positions = torch.arange(TOKENS) % 7
     hidden = torch.randn(TOKENS, HIDDEN, dtype=torch.bfloat16)
     expected = [block(positions, hidden) for block in model]
-    assert forward.uses_fused_qk_norm_rope(model, torch.bfloat16)
+    assert kernels.uses_fused_qk_norm_rope(model, torch.bfloat16)
     with forward.fused_qk_norm_rope(model, torch.bfloat16):
         assert all("forward" in block.__dict__ for block in model)
         got = [block(positions, hidden) for block in model]
@@ -120,8 +120,8 @@ def test_swap_is_undone_when_the_call_fails(model):
 
 
 def test_no_swap_without_the_op_or_for_32_bit_models(model, monkeypatch):
-    assert not forward.uses_fused_qk_norm_rope(model.float(), torch.float32)
-    monkeypatch.setattr(forward, "fused_qk_norm_rope_kernel", lambda: None)
-    assert not forward.uses_fused_qk_norm_rope(model, torch.bfloat16)
+    assert not kernels.uses_fused_qk_norm_rope(model.float(), torch.float32)
+    monkeypatch.setattr(kernels, "fused_qk_norm_rope_kernel", lambda: None)
+    assert not kernels.uses_fused_qk_norm_rope(model, torch.bfloat16)
     with forward.fused_qk_norm_rope(model, torch.bfloat16):
         assert all("forward" not in block.__dict__ for block in model)

@@ -19,7 +19,7 @@ from vllm.model_executor.custom_op import CustomOp
 from vllm.model_executor.layers.activation import SiluAndMul
 from vllm.model_executor.layers.layernorm import RMSNorm
 
-from poc_serve.engine.vllm_compat import _has_platform_kernel, _kernel_priority, platform_kernels
+from poc_serve.engine.kernels import _has_platform_kernel, _kernel_priority, platform_kernels
 
 IR_OPS = (ir.ops.rms_norm, ir.ops.fused_add_rms_norm)
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from torch import nn
 
-from poc_serve.engine import forward
+from poc_serve.engine import forward, kernels
 
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, LAYERS = 4, 2, 8, 32, 3
 BATCH, SEQ_LEN = 3, 5
@@ -132,6 +132,11 @@ def torch_flash_attn_varlen(q, k, v, max_seqlen_q, cu_seqlens_q, max_seqlen_k, c
     return torch.cat(out)
 
 
+def fa3_only(version: int) -> bool:
+    """vLLM's ``is_fa_version_supported`` on a Hopper GPU whose build has FlashAttention 3."""
+    return version == 3
+
+
 def build(end_layer: int = LAYERS) -> nn.Module:
     torch.manual_seed(0)
     model = nn.Module()
@@ -164,8 +169,8 @@ def reference(model):
 @pytest.fixture(params=["sdpa", "flash"])
 def kernel(request, monkeypatch):
     """Every test using it runs twice: with torch SDPA and with (a stand-in of) FlashAttention."""
-    flash = (torch_flash_attn_varlen, 3) if request.param == "flash" else None
-    monkeypatch.setattr(forward, "flash_attention_varlen", lambda: flash)
+    flash = (torch_flash_attn_varlen, fa3_only) if request.param == "flash" else None
+    monkeypatch.setattr(kernels, "flash_attention_varlen", lambda: flash)
 
 
 def test_all_positions_match_plain_causal_attention(kernel):
@@ -200,16 +205,22 @@ def test_an_unknown_final_layer_runs_every_position(kernel):
 
 
 def test_flash_attention_only_for_16_bit_models_and_where_vllm_has_it(monkeypatch):
-    monkeypatch.setattr(forward, "flash_attention_varlen", lambda: (torch_flash_attn_varlen, 3))
-    assert forward.attention_kernel(True, torch.bfloat16) == "fa3"
-    assert forward.attention_kernel(True, torch.float16) == "fa3"
-    assert forward.attention_kernel(True, torch.float32) == "sdpa"
-    assert forward.attention_kernel(False, torch.bfloat16) == "sdpa"
+    monkeypatch.setattr(kernels, "flash_attention_varlen", lambda: (torch_flash_attn_varlen, fa3_only))
+    assert kernels.attention_kernel(True, torch.bfloat16) == "fa3"
+    assert kernels.attention_kernel(True, torch.float16) == "fa3"
+    assert kernels.attention_kernel(True, torch.float32) == "sdpa"
+    assert kernels.attention_kernel(False, torch.bfloat16) == "sdpa"
     # A float32 model runs SDPA even where FlashAttention exists (it takes 16-bit inputs only).
     torch.testing.assert_close(run(build(), dtype=torch.float32, last_position_only=False), reference(build()),
                                atol=1e-5, rtol=1e-5)
-    monkeypatch.setattr(forward, "flash_attention_varlen", lambda: None)
-    assert forward.attention_kernel(True, torch.bfloat16) == "sdpa"
+    monkeypatch.setattr(kernels, "flash_attention_varlen", lambda: None)
+    assert kernels.attention_kernel(True, torch.bfloat16) == "sdpa"
+
+
+@pytest.mark.parametrize("supported, kernel", [((3, 2), "fa3"), ((2,), "fa2"), ((), "sdpa")])
+def test_flash_attention_runs_the_newest_version_the_gpu_runs(monkeypatch, supported, kernel):
+    monkeypatch.setattr(kernels, "flash_attention_varlen", lambda: (torch_flash_attn_varlen, supported.__contains__))
+    assert kernels.attention_kernel(True, torch.bfloat16) == kernel
 
 
 def test_a_pipeline_stage_without_the_final_layer_runs_every_position(kernel):

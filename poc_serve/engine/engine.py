@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from poc_serve.engine.config import INFERENCE_LOGITS_PROCESSOR, WORKER_EXTENSION, EngineConfig
 from poc_serve.engine.protocol import ArtifactBatchResult, ArtifactRound, PoCBatchResult, PoCRound
@@ -42,7 +42,6 @@ class PoCEngine:
         self.llm = None
         self.max_model_len = config.max_model_len
         self.model_path = resolve_model(config.model)
-        self._tokenizer = None
         self.memory_probes: list[dict[str, Any]] = []  # what check_memory measured at start (GPUs)
         self.hidden_size = 0
         self.non_finite_calls = 0  # PoC v2 calls in a row with a non-finite artifact
@@ -87,8 +86,8 @@ class PoCEngine:
     async def start(self) -> None:
         """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
         that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
-        from poc_serve.engine.vllm_compat import (ENGINE_ENVIRONMENT, AsyncLLM, engine_quantization, on_cpu,
-                                                  prepare_engine_environment)
+        from poc_serve.engine.environment import ENGINE_ENVIRONMENT, prepare_engine_environment
+        from poc_serve.engine.vllm_compat import AsyncLLM, engine_quantization, on_cpu
 
         args = self._engine_args()
         check_batch_independent(*engine_quantization(args))  # before minutes of weight loading
@@ -231,31 +230,6 @@ class PoCEngine:
         hidden size (the largest v2 k_dim) and the longest sequence."""
         return {"model": self.config.model, "model_path": self.model_path, "hidden_size": self.hidden_size,
                 "max_model_len": self.max_model_len}
-
-    def chat_prompt(self, messages: list[dict[str, Any]]) -> str:
-        """Render chat ``messages`` with the model's chat template (ready for the assistant's turn)."""
-        if self._tokenizer is None:
-            from transformers import AutoTokenizer
-
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        if not self._tokenizer.chat_template:
-            raise ValueError(f"the model {self.config.model!r} has no chat template")
-        return self._tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-    async def generate(self, prompt: str | list[int], sampling: dict[str, Any],
-                       request_id: str) -> AsyncIterator[dict[str, Any]]:
-        """Generate for one prompt (text or token ids), yielding the new text of each step:
-        ``{"text", "token_ids", "finish_reason", "prompt_tokens", "completion_tokens"}``."""
-        from poc_serve.engine.vllm_compat import SamplingParams
-
-        request = {"prompt_token_ids": prompt} if isinstance(prompt, list) else {"prompt": prompt}
-        sent_text, sent_tokens = 0, 0
-        async for out in self.llm.generate(request, SamplingParams(**sampling), request_id=request_id):
-            completion = out.outputs[0]
-            yield {"text": completion.text[sent_text:], "token_ids": list(completion.token_ids[sent_tokens:]),
-                   "finish_reason": completion.finish_reason, "prompt_tokens": len(out.prompt_token_ids or []),
-                   "completion_tokens": len(completion.token_ids)}
-            sent_text, sent_tokens = len(completion.text), len(completion.token_ids)
 
     def openai_server(self) -> "OpenAIServer":
         """vLLM's OpenAI serving over this engine with the network's extensions, configured by

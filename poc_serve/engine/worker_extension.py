@@ -16,14 +16,8 @@ from typing import Any, Callable
 
 import torch
 
-from poc_serve.engine.forward import (
-    LayerMap,
-    attention_kernel,
-    fused_qk_norm_rope,
-    householder_layer_hooks,
-    poc_attention,
-    uses_fused_qk_norm_rope,
-)
+from poc_serve.engine.forward import LayerMap, fused_qk_norm_rope, householder_layer_hooks, poc_attention
+from poc_serve.engine.kernels import attention_kernel, platform_kernels, uses_fused_qk_norm_rope
 from poc_serve.engine.vllm_compat import (
     IntermediateTensors,
     LogitsProcessor,
@@ -34,7 +28,6 @@ from poc_serve.engine.vllm_compat import (
     model_call_context,
     model_dtype,
     model_runner_sampler,
-    platform_kernels,
     sampling_logits_processors,
     sampling_max_num_logprobs,
     worker_model,
