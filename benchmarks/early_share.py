@@ -1,5 +1,6 @@
 """Early share (spec ml-node.md 6.3): seconds from a v2 ``init/generate`` to the first
-``/generated`` callback, and the artifacts/s over the first minute beside the steady rate.
+``/generated`` callback, and the artifacts/s over the first minute beside the steady rate; and
+``GET /api/v1/state``'s latency while the round generates (polled 5 times a second).
 
 Runs the service as ``serve run`` would with a Serve config's application args (default:
 serve_config.yaml's, the embedded default model on CPU; pass deploy/serve_config.gpu.yaml on a
@@ -26,9 +27,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.shared import emit  # noqa: E402
 from poc_serve.app import build_app  # noqa: E402
-from tests.dapi import Dapi  # noqa: E402
-from tests.net import free_port  # noqa: E402
-from tests.receiver import CallbackReceiver  # noqa: E402
+from tests.support.dapi import Dapi  # noqa: E402
+from tests.support.net import free_port  # noqa: E402
+from tests.support.receiver import CallbackReceiver  # noqa: E402
 
 
 def main() -> None:
@@ -65,13 +66,25 @@ def main() -> None:
                 seen = len(bodies)
                 time.sleep(0.05)
 
-        watcher = threading.Thread(target=watch)
+        def poll_state() -> None:
+            poller = Dapi(base, args["model"])
+            while not done.is_set():
+                asked = time.monotonic()
+                assert poller.get("/api/v1/state").status_code == 200
+                state_ms.append(1000 * (time.monotonic() - asked))
+                time.sleep(max(0.0, 0.2 - (time.monotonic() - asked)))
+
+        state_ms: list[float] = []
+        watcher, poller = threading.Thread(target=watch), threading.Thread(target=poll_state)
         watcher.start()
+        poller.start()
         inits = dapi.start_poc(init, every_s=1.0)
         time.sleep(max(0.0, a.seconds - (time.monotonic() - t0)))
         dapi.post("/api/v1/inference/pow/stop", {})
         done.set()
         watcher.join()
+        poller.join()
+    state_ms.sort()
     first_minute = sum(n for t, n in arrivals if t <= 60.0)
     steady = sum(n for t, n in arrivals if t > a.steady_from)
     steady_s = a.seconds - a.steady_from
@@ -81,6 +94,8 @@ def main() -> None:
           "callback_times_s": [round(t, 1) for t, _ in arrivals[:12]],
           "artifacts_per_s_first_minute": round(first_minute / 60.0, 1),
           "artifacts_per_s_steady": round(steady / steady_s, 1) if steady_s > 0 else None,
+          "state_ms_p50": round(state_ms[len(state_ms) // 2], 1),
+          "state_ms_p99": round(state_ms[int(len(state_ms) * 0.99)], 1), "state_polls": len(state_ms),
           "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, file="early_share.jsonl")
     serve.shutdown()
     ray.shutdown()

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from poc_serve.serve.config import PoCAppArgs
-from tests.dapi import Dapi
-from tests.local_serve import local_serve, run_app
-from tests.test_serve_fast import ROUND, NonceDerivedEngine
+from tests.support.dapi import Dapi
+from tests.support.local_serve import local_serve, run_app
+from tests.support.fake_engine import ROUND, NonceDerivedEngine
 
 BASE_MODEL = "poc-tiny-qwen3"
 OTHER_MODEL = "poc-tiny-llama"

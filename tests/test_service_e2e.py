@@ -14,8 +14,8 @@ from ray import serve
 
 from poc_serve.app import build_app
 from poc_serve.poc import decode_artifact, r_target_for
-from tests.net import free_port
-from tests.receiver import CallbackReceiver
+from tests.support.net import free_port
+from tests.support.receiver import CallbackReceiver
 
 R10 = r_target_for(0.10)
 ROUND = dict(block_hash="e2e_block", block_height=7, public_key="e2e_key", seq_len=32)

@@ -86,12 +86,15 @@ class PoCEngine:
     async def start(self) -> None:
         """Build the vLLM engine (loads the model; minutes on first use), then, on GPUs, prove
         that the largest PoC forward fits in memory (raises :class:`PoCMemoryError` if not)."""
-        from poc_serve.engine.environment import ENGINE_ENVIRONMENT, prepare_engine_environment
+        from poc_serve.engine.environment import ENGINE_ENVIRONMENT, prepare_cpu_threads, prepare_engine_environment
         from poc_serve.engine.vllm_compat import AsyncLLM, engine_quantization, on_cpu
 
         args = self._engine_args()
         check_batch_independent(*engine_quantization(args))  # before minutes of weight loading
         on_gpu = not on_cpu()
+        if not on_gpu:
+            workers = self.config.tensor_parallel_size * self.config.pipeline_parallel_size
+            logger.info("vllm-cpu workers bound to cores %s", prepare_cpu_threads(workers))
         if on_gpu:
             applied = prepare_engine_environment(args.distributed_executor_backend,
                                                  compiled=not self.config.enforce_eager)

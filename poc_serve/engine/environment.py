@@ -1,5 +1,6 @@
 """The process environment an engine prepares for itself before it starts: the vLLM environment
-variables that work around failures seen when engines start side by side on one node."""
+variables that work around failures seen when engines start side by side on one node (GPUs), and
+the CPU cores of each worker of a CPU engine."""
 
 from __future__ import annotations
 
@@ -8,6 +9,31 @@ import socket
 
 # The variables prepare_engine_environment may set.
 ENGINE_ENVIRONMENT = ("VLLM_DP_MASTER_PORT", "VLLM_DISABLE_COMPILE_CACHE")
+CPU_THREADS_BIND = "VLLM_CPU_OMP_THREADS_BIND"
+# What the operator set (engine_env) before any engine of this process started: kept as it is.
+_OPERATOR_THREADS_BIND = os.environ.get(CPU_THREADS_BIND)
+
+
+def prepare_cpu_threads(world_size: int) -> str | None:
+    """Give each worker of a CPU engine its own share of this process's cores, unless the operator
+    set ``VLLM_CPU_OMP_THREADS_BIND``; returns the value in effect. vllm-cpu's default ("auto")
+    binds one worker per NUMA node, so an engine of several workers on a one-node machine refuses
+    to start ("Not enough allowed NUMA nodes"). One worker keeps the default; the variable is
+    set for every start, so a model switch from TP=2 back to TP=1 in the same replica gets it back.
+    """
+    if _OPERATOR_THREADS_BIND is not None:
+        return _OPERATOR_THREADS_BIND
+    if world_size <= 1:
+        os.environ.pop(CPU_THREADS_BIND, None)
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    share = max(1, len(cores) // world_size)
+    parts = []
+    for rank in range(world_size):
+        mine = cores[rank * share:(rank + 1) * share] or [cores[rank % len(cores)]]
+        parts.append(f"{mine[0]}-{mine[-1]}" if len(mine) > 1 else str(mine[0]))
+    os.environ[CPU_THREADS_BIND] = "|".join(parts)
+    return os.environ[CPU_THREADS_BIND]
 
 
 def prepare_engine_environment(executor_backend: str, compiled: bool) -> dict[str, str]:

@@ -70,6 +70,7 @@ class NodeService:
         self._replicas = replicas
         self._layout_fixed = layout_fixed
         self._load: asyncio.Lock = asyncio.Lock()
+        self._loading: str | None = None  # "loading <model>" while this replica's inference/up loads
         target = self._target()  # a switch or a stop before this ingress replica started
         engine.serving, engine.inference_down = target.serving, None if target.inference_up else INFERENCE_DOWN
 
@@ -88,7 +89,7 @@ class NodeService:
     def _not_serving(self, target: ModelTarget, reports: list[ReplicaReport]) -> str | None:
         """None while a replica serves the target with inference up and no load runs; else why not."""
         if self._load.locked():
-            return f"loading {self._engine.serving.served_model_name}"
+            return self._loading or "a model load is starting"
         return self._why_not_served(target, reports)
 
     @staticmethod
@@ -221,13 +222,15 @@ class NodeService:
         name = serving.served_model_name
         logger.info("node: loading %s (generation %d) on %d engine replica(s)", name, target.generation,
                     self._replicas)
-        self._engine.start_load(f"loading {name}")
+        self._loading = f"loading {name}"
+        self._engine.start_load(self._loading)
         self._artifacts.model_changed()
         started = time.monotonic()
         await asyncio.to_thread(self._board.set_target, target)
         try:
             await self._wait_for_replicas(target)
         finally:
+            self._loading = None
             self._engine.end_load(serving)
         logger.info("node: %s served after %.1f s", name, time.monotonic() - started)
 
