@@ -27,7 +27,7 @@ from ray import serve
 
 from poc_serve.engine.protocol import PoCBatchResult, PoCRound
 from poc_serve.serve.config import PoCAppArgs
-from poc_serve.app import build_app
+from poc_serve.app import assemble_app
 from poc_serve.testing.stand_in import StandInEngine
 
 V1 = "/api/v1/pow"
@@ -115,7 +115,7 @@ def main() -> None:
     serve.start(http_options={"host": "127.0.0.1", "port": PORT})
     app_args = PoCAppArgs(model="stand-in", engine_num_cpus=0, num_engine_replicas=2,
                           engine=dict(max_model_len=64, max_num_batched_tokens=4096, poc_forwards_per_call=4))
-    serve.run(build_app(app_args, ValidShareEngine.factory), name="status", route_prefix="/")
+    serve.run(assemble_app(app_args, ValidShareEngine.factory), name="status", route_prefix="/")
     base = f"http://127.0.0.1:{PORT}"
     with httpx.Client(base_url=base, timeout=60) as http:
         http.post(f"{V1}/init/generate", json=dict(block_hash="b", block_height=1, public_key="k", r_target=1.4,

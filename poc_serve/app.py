@@ -1,6 +1,6 @@
-"""The poc_serve application: ``serve run serve_config.yaml`` imports :func:`build_app`, the one
-place where the deployments are assembled (tests and benchmarks call it too, with a stand-in
-``engine_factory``)."""
+"""The poc_serve application: ``serve run serve_config.yaml`` imports :func:`build_app`;
+:func:`assemble_app` is the one place where the deployments are assembled (tests and benchmarks
+call it with a stand-in ``engine_factory``)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.engine_deployment import PoCEngineDeployment
 from poc_serve.serve.ingress import PoCIngress
 
-__all__ = ["PoCAppArgs", "build_app", "engine_deployment_options"]
+__all__ = ["PoCAppArgs", "assemble_app", "build_app", "engine_deployment_options"]
 
 
 def engine_deployment_options(args: PoCAppArgs) -> dict[str, Any]:
@@ -43,10 +43,16 @@ def engine_deployment_options(args: PoCAppArgs) -> dict[str, Any]:
     return options
 
 
-def build_app(args: dict[str, Any] | PoCAppArgs,
-              engine_factory: Callable[[Any], Awaitable[Any]] | None = None) -> Application:
-    """Application builder: validate ``args`` (:class:`PoCAppArgs`) and wire the deployments.
-    ``engine_factory`` (tests, benchmarks) builds each replica's engine instead of vLLM."""
+def build_app(args: dict[str, Any]) -> Application:
+    """Serve's application builder (Serve calls it with the config's ``args`` and allows it no
+    other parameter): validate ``args`` (:class:`PoCAppArgs`) and assemble the application."""
+    return assemble_app(PoCAppArgs.model_validate(args))
+
+
+def assemble_app(args: dict[str, Any] | PoCAppArgs,
+                 engine_factory: Callable[[Any], Awaitable[Any]] | None = None) -> Application:
+    """Wire the deployments for ``args``; ``engine_factory`` (tests, benchmarks) builds each
+    replica's engine instead of vLLM."""
     app_args = args if isinstance(args, PoCAppArgs) else PoCAppArgs.model_validate(args)
     factory = {"engine_factory": engine_factory} if engine_factory else {}
     engine = PoCEngineDeployment.options(**engine_deployment_options(app_args)).bind(app_args.serving(), **factory)

