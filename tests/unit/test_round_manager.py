@@ -180,3 +180,28 @@ def test_the_shared_generation_loop_saves_before_its_last_send_and_abandons_late
     recorded, calls, nonces = asyncio.run(run())
     assert sorted(recorded) == list(range(16))
     assert sorted([nonces.take(4), nonces.take(4)]) == sorted(calls[4:6])  # abandoned, handed out again
+
+
+def test_periodic_actions_run_on_time_while_a_batch_takes_longer():
+    """Callbacks go out every interval even when one engine call takes several intervals (a CPU
+    engine at seq_len 1024): the driver wakes for a due action, not only when a batch ends."""
+    async def main() -> list[float]:
+        ticks: list[float] = []
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        async def slow(batch: list[int]) -> list[float]:
+            await asyncio.sleep(0.5)
+            return [1.0] * len(batch)
+
+        every = generation.Every(0.1, lambda: ticks.append(loop.time()))
+        run = asyncio.create_task(generation.drive_batches(slow, NonceSequence(0, 1), 4, 1, lambda b, r: None, stop,
+                                                           periodic=[every]))
+        await asyncio.sleep(1.2)
+        stop.set()
+        await run
+        return ticks
+
+    ticks = asyncio.run(main())
+    assert len(ticks) >= 8  # two batches of 0.5 s: about 12 ticks at 0.1 s, not one per batch
+    assert max(b - a for a, b in zip(ticks, ticks[1:])) < 0.3

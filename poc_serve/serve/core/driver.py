@@ -32,11 +32,16 @@ class BatchSource(Protocol):
 
 @dataclass
 class Every:
-    """An action the driver runs at most every ``interval_s`` seconds (first at the first wave)."""
+    """An action the driver runs every ``interval_s`` seconds while it runs (first at its start),
+    whether or not a batch ended in between."""
 
     interval_s: float
     action: Callable[[], None]
     _next: float = 0.0
+
+    def due_in(self, now: float) -> float:
+        """Seconds until the action is due (0 when it is)."""
+        return max(0.0, self._next - now)
 
     def poll(self, now: float) -> None:
         """Run the action when it is due."""
@@ -100,7 +105,10 @@ async def drive_batches(compute: Callable[[list[int]], Awaitable[Any]], source: 
             if not in_flight:
                 return
             waiting = [*in_flight] if stop.is_set() else [*in_flight, stop_wait]
-            done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            # Woken when a periodic action is due too, so that callbacks go out on time however
+            # long a batch takes (a CPU engine takes seconds per batch at seq_len 1024).
+            due = min((every.due_in(time.monotonic()) for every in periodic), default=None)
+            done, _ = await asyncio.wait(waiting, timeout=due, return_when=asyncio.FIRST_COMPLETED)
             failed = False
             for task in done:
                 if task is stop_wait:
