@@ -9,12 +9,11 @@ import threading
 import time
 
 import pytest
-import ray
 from ray import serve
 
 from poc_serve.app import build_app
 from tests.support.dapi import Dapi
-from tests.support.net import free_port
+from tests.support.local_serve import local_serve
 
 MODEL, OTHER = "poc-tiny-qwen3", "poc-tiny-llama"
 APP_ARGS = dict(model=MODEL, num_engine_replicas=1,
@@ -25,15 +24,9 @@ V2_JOB = {"block_hash": "sw", "block_height": 5, "public_key": "k", "node_id": 0
 
 @pytest.fixture(scope="module")
 def base():
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(APP_ARGS), name="switch", route_prefix="/")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve(num_cpus=8) as url:
+        serve.run(build_app(APP_ARGS), name="switch", route_prefix="/")
+        yield url
 
 
 def switch(base: str, model: str, args: list[str]) -> tuple[dict[str, list], float]:

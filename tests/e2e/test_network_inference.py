@@ -13,12 +13,11 @@ import re
 import httpx
 import openai
 import pytest
-import ray
 from ray import serve
 
 from poc_serve.app import build_app
 from poc_serve.logprob_similarity import logprob_similarity
-from tests.support.net import free_port
+from tests.support.local_serve import local_serve
 from tests.support.receiver import CallbackReceiver
 
 MODEL = "poc-tiny-qwen3"
@@ -34,15 +33,9 @@ WEATHER_TOOL = {"type": "function", "function": {
 
 @pytest.fixture(scope="module")
 def base():
-    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(build_app(APP_ARGS), name="net", route_prefix="/")
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        serve.shutdown()
-        ray.shutdown()
+    with local_serve(num_cpus=8) as url:
+        serve.run(build_app(APP_ARGS), name="net", route_prefix="/")
+        yield url
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ import pytest
 from poc_serve.serve.config import PoCAppArgs
 from tests.support.dapi import Dapi
 from tests.support.local_serve import deployed
+from tests.support.receiver import CallbackReceiver
 from tests.support.fake_engine import ROUND, NonceDerivedEngine
 
 BASE_MODEL = "poc-tiny-qwen3"
@@ -209,3 +210,28 @@ def test_gpu_and_model_cache_routes_on_a_cpu_node(dapi):
     assert dapi.get("/api/v1/models/list").status_code == 200
     bad = dapi.post("/api/v1/models/status", {"hf_repo": 7})
     assert bad.status_code == 422 and "hf_repo" in bad.text
+
+
+def test_an_epoch_as_the_dapi_drives_it(dapi):
+    """Spec 3.4 over one epoch: the inference-phase poll; PoC start re-sent until GENERATING and the
+    first /generated callback's delay; the validation start (pow stop, then generate jobs with
+    wait false and a url); the end of validation (the idempotency check passes, nothing reloads)."""
+    generation = _wait_healthy(dapi)["generation"]
+    assert dapi.poll().status == "INFERENCE"
+    with CallbackReceiver() as receiver:
+        init = {"block_hash": "epoch", "block_height": 40, "public_key": "pk", "node_id": 1, "node_count": 2,
+                "params": {"model": BASE_MODEL, "seq_len": 16}, "url": receiver.url + "/v2/poc-batches/m%252Fx"}
+        started = time.monotonic()
+        assert dapi.start_poc(init, every_s=0.5) >= 1
+        assert dapi.poll().status == "POC"
+        generated = receiver.wait_for("/v2/poc-batches/m%2Fx/generated", 1, timeout=15)
+        print(f"first /generated callback {time.monotonic() - started:.2f} s after init/generate")
+        assert dapi.post("/api/v1/inference/pow/stop", {}).status_code == 200  # the validation start
+        artifacts = generated[0]["artifacts"][:8]
+        job = {**init, "node_id": 1, "node_count": 1, "nonces": [a["nonce"] for a in artifacts], "wait": False,
+               "validation": {"artifacts": artifacts}}
+        assert dapi.post("/api/v1/inference/pow/generate", job).json()["status"] == "queued"
+        verdict = receiver.wait_for("/v2/poc-batches/m%2Fx/validated", 1, timeout=30)[0]
+        assert verdict["fraud_detected"] is False and verdict["n_mismatch"] == 0
+    assert dapi.inference_up_command([]) == ("no reload", None)  # the end of validation
+    assert _wait_healthy(dapi, 1)["generation"] == generation
