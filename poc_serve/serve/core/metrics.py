@@ -137,7 +137,8 @@ class PoCMetrics:
         self.engine_calls_failed.inc(tags={"method": method})
 
     def record_inference_rejected(self, reason: str) -> None:
-        """Count one inference request answered 503 (reason: poc_running or engine_unavailable)."""
+        """Count one inference request answered 503 (reason: poc_running, inference_down or
+        engine_unavailable)."""
         self.inference_rejected.inc(tags={"reason": reason})
 
     def callback_hooks(self, sender: str) -> dict[str, Callable]:
