@@ -70,7 +70,7 @@ class NodeService:
         self._replicas = replicas
         self._layout_fixed = layout_fixed
         self._load: asyncio.Lock = asyncio.Lock()
-        self._loading: str | None = None  # "loading <model>" while this replica's inference/up loads
+        self._loading: str | None = None  # "loading <model>" while this replica's inference/up runs
         target = self._target()  # a switch or a stop before this ingress replica started
         engine.serving, engine.inference_down = target.serving, None if target.inference_up else INFERENCE_DOWN
 
@@ -89,7 +89,7 @@ class NodeService:
     def _not_serving(self, target: ModelTarget, reports: list[ReplicaReport]) -> str | None:
         """None while a replica serves the target with inference up and no load runs; else why not."""
         if self._load.locked():
-            return self._loading or "a model load is starting"
+            return self._loading
         return self._why_not_served(target, reports)
 
     @staticmethod
@@ -164,21 +164,25 @@ class NodeService:
         if self._load.locked():
             raise ServiceError(409, "a model load is running: wait for it (GET /health) before another inference/up")
         async with self._load:
-            target, reports = await self._view()
-            up = target.model_copy(update={"inference_up": True})
-            if serving.key() == target.serving.key() and self._why_not_served(up, reports) is None:
-                if not target.inference_up:  # the engines kept the model through stop: nothing to load
-                    await asyncio.to_thread(self._board.set_target, up)
-                self._engine.inference_down = None
-                return StatusOK()
+            self._loading = f"loading {serving.served_model_name}"
             try:
-                await asyncio.to_thread(check_model_available, serving.model,
-                                        serving.engine.engine_kwargs.get("revision"),
-                                        serving.engine.engine_kwargs.get("download_dir"))
-            except ServingArgsError as exc:
-                raise ServiceError(400, str(exc)) from exc
-            await self._switch(target, serving)
-            self._engine.inference_down = None
+                target, reports = await self._view()
+                up = target.model_copy(update={"inference_up": True})
+                if serving.key() == target.serving.key() and self._why_not_served(up, reports) is None:
+                    if not target.inference_up:  # the engines kept the model through stop: nothing to load
+                        await asyncio.to_thread(self._board.set_target, up)
+                    self._engine.inference_down = None
+                    return StatusOK()
+                try:
+                    await asyncio.to_thread(check_model_available, serving.model,
+                                            serving.engine.engine_kwargs.get("revision"),
+                                            serving.engine.engine_kwargs.get("download_dir"))
+                except ServingArgsError as exc:
+                    raise ServiceError(400, str(exc)) from exc
+                await self._switch(target, serving)
+                self._engine.inference_down = None
+            finally:
+                self._loading = None
         return StatusOK()
 
     async def gpu_devices(self) -> GpuDevicesResponse:
@@ -222,15 +226,13 @@ class NodeService:
         name = serving.served_model_name
         logger.info("node: loading %s (generation %d) on %d engine replica(s)", name, target.generation,
                     self._replicas)
-        self._loading = f"loading {name}"
-        self._engine.start_load(self._loading)
+        self._engine.start_load(f"loading {name}")
         self._artifacts.model_changed()
         started = time.monotonic()
         await asyncio.to_thread(self._board.set_target, target)
         try:
             await self._wait_for_replicas(target)
         finally:
-            self._loading = None
             self._engine.end_load(serving)
         logger.info("node: %s served after %.1f s", name, time.monotonic() - started)
 
