@@ -28,15 +28,11 @@ def local_serve(num_cpus: int = 4) -> Iterator[str]:
         ray.shutdown()
 
 
-def run_app(args: PoCAppArgs, engine_factory: Callable[[Any], Awaitable[Any]], name: str) -> None:
-    """Deploy the ingress over an engine deployment whose engine ``engine_factory`` builds, at /."""
-    serve.run(assemble_app(args, engine_factory), name=name, route_prefix="/")
-
-
 @contextmanager
 def deployed(args: PoCAppArgs, engine_factory: Callable[[Any], Awaitable[Any]], name: str) -> Iterator[None]:
-    """:func:`run_app` on the running Serve instance; the application is deleted after."""
-    run_app(args, engine_factory, name)
+    """The application at / on the running Serve instance, its engines built by ``engine_factory``;
+    deleted after."""
+    serve.run(assemble_app(args, engine_factory), name=name, route_prefix="/")
     try:
         yield
     finally:

@@ -10,17 +10,15 @@ a CPU node), :func:`gpu_devices` answers no device (count 0) and :func:`gpu_driv
 :class:`GpuUnavailableError`, which the route answers 503 as the reference does.
 
 NVML sees every GPU of the host, whatever ``CUDA_VISIBLE_DEVICES`` says; the engine replica itself
-may hold no GPU (vLLM's Ray workers do). :func:`gpu_devices` therefore reports the host's GPUs, or
-those of ``only`` (NVML indices or UUIDs, e.g. :func:`visible_device_ids` of a worker). Each device
-carries its NVML ``uuid`` besides the spec's keys, so that the answers of several replicas on one
+may hold no GPU (vLLM's Ray workers do). :func:`gpu_devices` therefore reports the host's GPUs.
+Each device carries its NVML ``uuid`` besides the spec's keys, so that the answers of several replicas on one
 host can be merged without counting a GPU twice. Names and total memory come straight from NVML,
 so they are stable (the DAPI sends them to the chain; a change is a transaction).
 """
 
 from __future__ import annotations
 
-import os
-from typing import Any, Sequence
+from typing import Any
 
 MIB = 1024 * 1024
 
@@ -42,12 +40,6 @@ def nvml_module() -> Any | None:
     except ImportError:  # no vLLM in this process's environment
         return None
     return vendored_nvml()
-
-
-def visible_device_ids() -> list[str]:
-    """The entries of ``CUDA_VISIBLE_DEVICES`` (indices or UUIDs), empty when unset or empty."""
-    value = os.environ.get("CUDA_VISIBLE_DEVICES", "")
-    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _text(value: Any) -> str:
@@ -102,17 +94,14 @@ def _device(nvml: Any, index: int) -> dict[str, Any]:
     return answer
 
 
-def gpu_devices(only: Sequence[int | str] | None = None) -> dict[str, Any]:
-    """``{"devices": [...], "count": n}`` for this host's GPUs (or those ``only`` names, by NVML
-    index or UUID); ``{"devices": [], "count": 0}`` where NVML is not available."""
+def gpu_devices() -> dict[str, Any]:
+    """``{"devices": [...], "count": n}`` for this host's GPUs; ``{"devices": [], "count": 0}``
+    where NVML is not available."""
     try:
         with _Session() as nvml:
             devices = [_device(nvml, i) for i in range(int(nvml.nvmlDeviceGetCount()))]
     except GpuUnavailableError:
         return {"devices": [], "count": 0}
-    if only is not None:
-        wanted = {str(item) for item in only}
-        devices = [d for d in devices if str(d["index"]) in wanted or (d["uuid"] and d["uuid"] in wanted)]
     return {"devices": devices, "count": len(devices)}
 
 

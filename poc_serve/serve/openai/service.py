@@ -43,11 +43,12 @@ class InferenceService:
              "max_model_len": serving.engine.max_model_len} for name in names]}
 
     async def answer(self, route: str, body: Any) -> JSONResponse | StreamingResponse:
-        """``body`` on ``route`` (one of ENGINE_ROUTES), answered by an engine replica."""
-        generative = route.startswith("/v1/")
-        busy = (self._busy_reason() if generative else None) or self._engine.inference_down
+        """``body`` on ``route`` (/v1/chat/completions, /v1/completions, /tokenize, /detokenize),
+        answered by an engine replica."""
+        poc_running = self._busy_reason() if route.startswith("/v1/") else None
+        busy = poc_running or self._engine.inference_down
         if busy:
-            self._count_rejected("poc_running" if generative and self._busy_reason() else "inference_down")
+            self._count_rejected("poc_running" if poc_running else "inference_down")
             raise OpenAIError(503, busy, headers={"Retry-After": str(self._retry_after_s)})
         if not isinstance(body, dict):
             raise OpenAIError(400, "the request body must be a JSON object")
