@@ -32,6 +32,58 @@ from tests.support.net import free_port  # noqa: E402
 from tests.support.receiver import CallbackReceiver  # noqa: E402
 
 
+def early_share(base: str, model: str, seq_len: int, seconds: float, steady_from: float) -> dict:
+    """Start a v2 round on the service at ``base`` as the network's node software does, let it
+    run ``seconds``, stop it; when each callback came, the rates, and /api/v1/state's latency."""
+    arrivals: list[tuple[float, int]] = []
+    state_ms: list[float] = []
+    with CallbackReceiver() as receiver:
+        init = {"block_hash": "early", "block_height": 1, "public_key": "k", "node_id": 0, "node_count": 1,
+                "params": {"model": model, "seq_len": seq_len}, "url": receiver.url}
+        t0 = time.monotonic()
+        done = threading.Event()
+
+        def watch() -> None:
+            seen = 0
+            while not done.is_set():
+                bodies = receiver.bodies("/generated")
+                for b in bodies[seen:]:
+                    arrivals.append((time.monotonic() - t0, len(b["artifacts"])))
+                seen = len(bodies)
+                time.sleep(0.05)
+
+        def poll_state() -> None:
+            poller = Dapi(base, model)
+            while not done.is_set():
+                asked = time.monotonic()
+                assert poller.get("/api/v1/state").status_code == 200
+                state_ms.append(1000 * (time.monotonic() - asked))
+                time.sleep(max(0.0, 0.2 - (time.monotonic() - asked)))
+
+        dapi = Dapi(base, model)
+        watcher, poller = threading.Thread(target=watch), threading.Thread(target=poll_state)
+        watcher.start()
+        poller.start()
+        inits = dapi.start_poc(init, every_s=1.0)
+        time.sleep(max(0.0, seconds - (time.monotonic() - t0)))
+        dapi.post("/api/v1/inference/pow/stop", {})
+        done.set()
+        watcher.join()
+        poller.join()
+    state_ms.sort()
+    first_minute = sum(n for t, n in arrivals if t <= 60.0)
+    steady = sum(n for t, n in arrivals if t > steady_from)
+    steady_s = seconds - steady_from
+    return {"bench": "early_share", "model": model, "seq_len": seq_len, "init_generate_calls": inits,
+            "first_callback_s": round(arrivals[0][0], 2) if arrivals else None,
+            "callback_times_s": [round(t, 1) for t, _ in arrivals[:12]],
+            "artifacts_per_s_first_minute": round(first_minute / 60.0, 1),
+            "artifacts_per_s_steady": round(steady / steady_s, 1) if steady_s > 0 else None,
+            "state_ms_p50": round(state_ms[len(state_ms) // 2], 1),
+            "state_ms_p99": round(state_ms[int(len(state_ms) * 0.99)], 1), "state_polls": len(state_ms),
+            "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--config", default="serve_config.yaml", help="Serve config whose first application's args run")
@@ -50,53 +102,8 @@ def main() -> None:
     while dapi.get("/health", timeout=30).status_code != 200:
         time.sleep(0.5)
     load_s = time.monotonic() - started
-    arrivals: list[tuple[float, int]] = []
-    with CallbackReceiver() as receiver:
-        init = {"block_hash": "early", "block_height": 1, "public_key": "k", "node_id": 0, "node_count": 1,
-                "params": {"model": args["model"], "seq_len": a.seq_len}, "url": receiver.url}
-        t0 = time.monotonic()
-        done = threading.Event()
-
-        def watch() -> None:
-            seen = 0
-            while not done.is_set():
-                bodies = receiver.bodies("/generated")
-                for b in bodies[seen:]:
-                    arrivals.append((time.monotonic() - t0, len(b["artifacts"])))
-                seen = len(bodies)
-                time.sleep(0.05)
-
-        def poll_state() -> None:
-            poller = Dapi(base, args["model"])
-            while not done.is_set():
-                asked = time.monotonic()
-                assert poller.get("/api/v1/state").status_code == 200
-                state_ms.append(1000 * (time.monotonic() - asked))
-                time.sleep(max(0.0, 0.2 - (time.monotonic() - asked)))
-
-        state_ms: list[float] = []
-        watcher, poller = threading.Thread(target=watch), threading.Thread(target=poll_state)
-        watcher.start()
-        poller.start()
-        inits = dapi.start_poc(init, every_s=1.0)
-        time.sleep(max(0.0, a.seconds - (time.monotonic() - t0)))
-        dapi.post("/api/v1/inference/pow/stop", {})
-        done.set()
-        watcher.join()
-        poller.join()
-    state_ms.sort()
-    first_minute = sum(n for t, n in arrivals if t <= 60.0)
-    steady = sum(n for t, n in arrivals if t > a.steady_from)
-    steady_s = a.seconds - a.steady_from
-    emit({"bench": "early_share", "config": a.config, "model": args["model"], "seq_len": a.seq_len,
-          "load_s": round(load_s, 1), "init_generate_calls": inits,
-          "first_callback_s": round(arrivals[0][0], 2) if arrivals else None,
-          "callback_times_s": [round(t, 1) for t, _ in arrivals[:12]],
-          "artifacts_per_s_first_minute": round(first_minute / 60.0, 1),
-          "artifacts_per_s_steady": round(steady / steady_s, 1) if steady_s > 0 else None,
-          "state_ms_p50": round(state_ms[len(state_ms) // 2], 1),
-          "state_ms_p99": round(state_ms[int(len(state_ms) * 0.99)], 1), "state_polls": len(state_ms),
-          "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d")}, file="early_share.jsonl")
+    result = early_share(base, args["model"], a.seq_len, a.seconds, a.steady_from)
+    emit({**result, "config": a.config, "load_s": round(load_s, 1)}, file="early_share.jsonl")
     serve.shutdown()
     ray.shutdown()
 

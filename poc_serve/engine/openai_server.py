@@ -9,10 +9,13 @@ tokenization serving: requests are vLLM's own request models, answers and errors
 (shape and codes). :meth:`OpenAIServer.handle` gives every answer as an async iterator of plain
 picklable items, so that a Serve deployment can stream it back through a handle:
 
-* first ``{"status": int, "stream": bool, "media_type": str}``;
-* then, if not ``stream``, one JSON-able dict (the response, or vLLM's ``{"error": {...}}``);
-* if ``stream``, SSE text chunks ``"data: {...}\\n\\n"`` ending with ``"data: [DONE]\\n\\n"``
-  (an error after the start comes as vLLM sends it: a ``data: {"error": ...}`` chunk).
+* not streamed: one item ``{"status": int, "stream": False, "media_type": str, "body": bytes}``,
+  ``body`` the answer's JSON (the response, or vLLM's ``{"error": {...}}``), serialized here so
+  that the ingress relays bytes: it neither unpickles nor re-encodes a large dict (one answer of
+  256 tokens with 5 top logprobs each is about 2,000 small dicts);
+* streamed: ``{"status": int, "stream": True, "media_type": str}``, then SSE text chunks
+  ``"data: {...}\\n\\n"`` ending with ``"data: [DONE]\\n\\n"`` (an error after the start comes as
+  vLLM sends it: a ``data: {"error": ...}`` chunk).
 
 Closing the iterator (``aclose()``) or cancelling the task that drives it aborts the engine
 requests: the iterator closes vLLM's generator, whose ``AsyncLLM.generate`` aborts its request
@@ -101,8 +104,9 @@ class OpenAIServer:
 
     async def handle(self, route: str, body: dict[str, Any] | None = None) -> AsyncIterator[Any]:
         """Answer ``body`` on ``route`` (one of :data:`ROUTES`; a trailing slash is ignored): an
-        async iterator whose first item is ``{"status", "stream", "media_type"}``, then one dict
-        (not streamed) or SSE text chunks (streamed). See the module docstring."""
+        async iterator of one item ``{"status", "stream": False, "media_type", "body": JSON
+        bytes}`` (not streamed), or a head ``{"status", "stream": True, "media_type"}`` and SSE
+        text chunks (streamed). See the module docstring."""
         path = "/" + route.strip().strip("/")
         try:
             if path == "/v1/models":
@@ -125,12 +129,10 @@ class OpenAIServer:
         except Exception as exc:  # vLLM's mapping: client errors 400/404/422, the rest 500
             answer = self._error(exc)
         if isinstance(answer, self._serving["ErrorResponse"]):
-            yield {"status": answer.error.code, "stream": False, "media_type": JSON_MEDIA_TYPE}
-            yield answer.model_dump()
+            yield _json_answer(answer.error.code, answer.model_dump())
         elif hasattr(answer, "model_dump"):
-            yield {"status": 200, "stream": False, "media_type": JSON_MEDIA_TYPE}
             out = answer.model_dump()
-            yield self._rewrite(out) if self.logprob_tokens == "ids" else out
+            yield _json_answer(200, self._rewrite(out) if self.logprob_tokens == "ids" else out)
         else:  # vLLM's SSE generator
             yield {"status": 200, "stream": True, "media_type": SSE_MEDIA_TYPE}
             try:
@@ -242,6 +244,12 @@ class OpenAIServer:
                 event = "data: " + json.dumps(data, ensure_ascii=False, separators=(",", ":"))
             events.append(event)
         return "\n\n".join(events)
+
+
+def _json_answer(status: int, answer: dict[str, Any]) -> dict[str, Any]:
+    """The one item of a non-streamed answer: its status and its JSON, compact as vLLM writes it."""
+    body = json.dumps(answer, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
+    return {"status": status, "stream": False, "media_type": JSON_MEDIA_TYPE, "body": body}
 
 
 def _token_id(token: Any) -> Any:

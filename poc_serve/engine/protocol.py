@@ -68,8 +68,9 @@ class PoCBatchResult(BaseModel):
 
 
 class OpenAIServing(Protocol):
-    """Answers an OpenAI route: a head ``{"status", "stream", "media_type"}``, then the JSON body or
-    the SSE chunks (:meth:`poc_serve.engine.openai_server.OpenAIServer.handle`)."""
+    """Answers an OpenAI route: one item ``{"status", "stream": False, "media_type", "body": JSON
+    bytes}``, or a head ``{"status", "stream": True, "media_type"}`` and the SSE chunks
+    (:meth:`poc_serve.engine.openai_server.OpenAIServer.handle`)."""
 
     def handle(self, route: str, body: dict | None = None) -> AsyncIterator[Any]:
         ...

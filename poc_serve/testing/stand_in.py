@@ -47,9 +47,8 @@ class StandInOpenAIServer:
     async def handle(self, route: str, body: dict | None = None):
         body = body or {}
         if body.get("model") != self.model:
-            yield {"status": 404, "stream": False, "media_type": "application/json"}
-            yield {"error": {"message": f"The model `{body.get('model')}` does not exist.", "type": "NotFoundError",
-                             "param": "model", "code": 404}}
+            yield _json_answer(404, {"error": {"message": f"The model `{body.get('model')}` does not exist.",
+                                               "type": "NotFoundError", "param": "model", "code": 404}})
             return
         tokens = [f"t{i} " for i in range(int(body.get("max_tokens") or 3))]
         chat = route == "/v1/chat/completions"
@@ -57,9 +56,9 @@ class StandInOpenAIServer:
         if not body.get("stream"):
             choice = ({"message": {"role": "assistant", "content": "".join(tokens)}} if chat
                       else {"text": "".join(tokens)})
-            yield {"status": 200, "stream": False, "media_type": "application/json"}
-            yield {"id": "stand-in", "object": "chat.completion" if chat else "text_completion", "model": self.model,
-                   "choices": [{"index": 0, **choice, "finish_reason": "length"}], "usage": usage}
+            yield _json_answer(200, {"id": "stand-in", "object": "chat.completion" if chat else "text_completion",
+                                     "model": self.model, "usage": usage,
+                                     "choices": [{"index": 0, **choice, "finish_reason": "length"}]})
             return
         yield {"status": 200, "stream": True, "media_type": "text/event-stream"}
         for token in tokens:
@@ -68,3 +67,8 @@ class StandInOpenAIServer:
             chunk = {"id": "stand-in", "model": self.model, "choices": [{"index": 0, **delta, "finish_reason": None}]}
             yield f"data: {json.dumps(chunk)}\n\n"
         yield "data: [DONE]\n\n"
+
+
+def _json_answer(status: int, answer: dict) -> dict:
+    """A non-streamed answer as OpenAIServer.handle gives it: one item with the JSON bytes."""
+    return {"status": status, "stream": False, "media_type": "application/json", "body": json.dumps(answer).encode()}

@@ -36,10 +36,10 @@ async def collect(server, route: str, body: dict) -> list:
 
 
 def call(runner, route: str, body: dict) -> tuple[dict, object]:
-    """(head, the one JSON answer) of a non-streamed call."""
+    """(head, the JSON answer) of a non-streamed call: one item carrying the answer's JSON bytes."""
     items = runner.run(collect(runner.server, route, body))
-    assert len(items) == 2 and items[0]["stream"] is False, items
-    return items[0], items[1]
+    assert len(items) == 1 and items[0]["stream"] is False, items
+    return items[0], json.loads(items[0]["body"])
 
 
 def network_body(content: str = "Name three colors.", **overrides) -> dict:
@@ -161,7 +161,7 @@ def test_replay_alone_and_in_a_batch(runner, mode, temperature):
         return await asyncio.gather(*(collect(runner.server, "/v1/chat/completions", b)
                                       for b in [replay_body, *neighbours]))
 
-    results = [items[1]["choices"][0]["logprobs"]["content"] for items in runner.run(batch())]
+    results = [json.loads(answer["body"])["choices"][0]["logprobs"]["content"] for [answer] in runner.run(batch())]
     assert logprob_similarity(original, results[0]) >= 0.99
     for together, apart in zip(results[1:], alone_neighbours):
         assert logprob_similarity(apart, together) >= 0.99

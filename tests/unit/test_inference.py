@@ -16,7 +16,13 @@ from poc_serve.serve.openai.protocol import OpenAIError
 from poc_serve.serve.openai.service import InferenceService
 
 MODEL = "poc-tiny-qwen3"
-HEAD = {"status": 200, "stream": False, "media_type": "application/json"}
+
+
+def answered(answer: dict, status: int = 200) -> dict:
+    """A non-streamed answer as an engine replica gives it: one item with the JSON bytes."""
+    return {"status": status, "stream": False, "media_type": "application/json", "body": json.dumps(answer).encode()}
+
+
 STREAM = {"status": 200, "stream": True, "media_type": "text/event-stream"}
 
 
@@ -54,7 +60,7 @@ def test_models_lists_the_served_name_first():
 
 
 def test_an_engines_json_answer_keeps_its_status():
-    engine = ScriptedEngine([{**HEAD, "status": 404}, {"error": {"message": "no model x", "code": 404}}])
+    engine = ScriptedEngine([answered({"error": {"message": "no model x", "code": 404}}, status=404)])
     answer = asyncio.run(service(engine).answer("/v1/chat/completions", BODY))
     assert answer.status_code == 404 and json.loads(answer.body)["error"]["message"] == "no model x"
     assert engine.asked == [("/v1/chat/completions", BODY)]
@@ -62,7 +68,7 @@ def test_an_engines_json_answer_keeps_its_status():
 
 @pytest.mark.parametrize("case", ["busy", "down", "unavailable", "not an object", "engine died"])
 def test_refusals_have_vllms_shape(case):
-    engine = ScriptedEngine([RuntimeError("actor died")] if case == "engine died" else [HEAD, {}],
+    engine = ScriptedEngine([RuntimeError("actor died")] if case == "engine died" else [answered({})],
                             unavailable="loading x" if case == "unavailable" else None,
                             down="inference is down" if case == "down" else None)
     body = [1, 2] if case == "not an object" else BODY
@@ -78,7 +84,7 @@ def test_refusals_have_vllms_shape(case):
 
 
 def test_tokenize_is_not_refused_while_poc_runs():
-    engine = ScriptedEngine([HEAD, {"count": 2, "tokens": [1, 2]}])
+    engine = ScriptedEngine([answered({"count": 2, "tokens": [1, 2]})])
     answer = asyncio.run(service(engine, busy="PoC is running").answer("/tokenize", {"model": MODEL, "prompt": "a"}))
     assert answer.status_code == 200
 

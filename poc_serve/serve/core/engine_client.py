@@ -82,8 +82,9 @@ class EngineClient(EngineReadiness):
             raise ServiceError(503, f"no engine replica answered model_info: {type(exc).__name__}") from exc
 
     def openai(self, route: str, body: dict[str, Any]) -> AsyncIterator[Any]:
-        """vLLM's answer to ``body`` on ``route``, streamed from an engine replica: a head
-        ``{"status", "stream", "media_type"}``, then the JSON body or the SSE chunks."""
+        """vLLM's answer to ``body`` on ``route``, streamed from an engine replica: one item
+        ``{"status", "stream": False, "media_type", "body": JSON bytes}``, or a head with
+        ``"stream": True`` and the SSE chunks."""
         return self._handle.options(stream=True).openai.remote(route, body)
 
     async def unavailable(self, timeout: float = READY_TIMEOUT_S) -> str | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 from typing import Any, AsyncIterator, Callable
 
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 from poc_serve.serve.core.engine_client import EngineClient
 from poc_serve.serve.core.metrics import PoCMetrics
@@ -42,7 +42,7 @@ class InferenceService:
             {"id": name, "object": "model", "created": 0, "owned_by": "vllm", "root": serving.model,
              "max_model_len": serving.engine.max_model_len} for name in names]}
 
-    async def answer(self, route: str, body: Any) -> JSONResponse | StreamingResponse:
+    async def answer(self, route: str, body: Any) -> Response:
         """``body`` on ``route`` (/v1/chat/completions, /v1/completions, /tokenize, /detokenize),
         answered by an engine replica."""
         poc_running = self._busy_reason() if route.startswith("/v1/") else None
@@ -59,8 +59,8 @@ class InferenceService:
         items = self._engine.openai(route, body)
         try:
             head = await anext(items)
-            if not head["stream"]:
-                return JSONResponse(await anext(items), status_code=head["status"])
+            if not head["stream"]:  # the answer's JSON, relayed as the engine replica wrote it
+                return Response(head["body"], status_code=head["status"], media_type=head["media_type"])
         except Exception as exc:  # the replica died, or Ray could not reach it
             raise OpenAIError(503, f"inference failed on the engine: {type(exc).__name__}: {exc}"[:500]) from exc
         return StreamingResponse(_relay(items), status_code=head["status"], media_type=head["media_type"])
