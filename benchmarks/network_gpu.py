@@ -48,10 +48,11 @@ NUMERIC = re.compile(r"^(0|[1-9][0-9]*)$")
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "The weather in a city.",
     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
-# Engine log lines that say where a model load's time went (vLLM's own messages).
-LOAD_LOG = re.compile(r"(Loading weights took|Model loading took|torch\.compile takes|Compiling a graph|"
-                      r"Graph capturing finished|init engine .* took|Using .* backend|Using FlashAttention|"
-                      r"Available KV cache memory|Memory profiling takes|Dynamo bytecode transform time)")
+# Log lines that say where a model load's time went (the engine replica's and vLLM's).
+LOAD_LOG = re.compile(r"(engine replica: |vLLM's engine built in|Loading weights took|Model loading took|"
+                      r"torch\.compile takes|Compiling a graph|Graph capturing finished|init engine .* took|"
+                      r"Using .* backend|Using FlashAttention|Available KV cache memory|Memory profiling takes|"
+                      r"Dynamo bytecode transform time)")
 
 
 def app_args(a) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from typing import TYPE_CHECKING, Any, Iterator
 
 from poc_serve.engine.config import INFERENCE_LOGITS_PROCESSOR, WORKER_EXTENSION, EngineConfig
@@ -100,7 +101,9 @@ class PoCEngine:
                                                  compiled=not self.config.enforce_eager)
             logger.info("vLLM environment for this engine: set %s; in effect %s", applied,
                         {k: os.environ.get(k) for k in ENGINE_ENVIRONMENT})
+        started = time.monotonic()
         self.llm = AsyncLLM.from_engine_args(args)
+        built = time.monotonic()
         self.max_model_len = self.llm.model_config.max_model_len
         self.hidden_size = self.llm.model_config.get_hidden_size()
         if self.config.inference_extensions:
@@ -111,6 +114,8 @@ class PoCEngine:
             except BaseException:
                 self.shutdown()  # nobody else holds this engine yet: release its GPUs
                 raise
+        logger.info("engine for %s: vLLM's engine built in %.1f s, then %.1f s to serve (sampler hook, "
+                    "PoC memory probe)", self.config.model, built - started, time.monotonic() - built)
 
     def call_size(self, seq_len: int) -> int:
         """Nonces per engine call at ``seq_len``."""

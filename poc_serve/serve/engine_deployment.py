@@ -178,6 +178,7 @@ class PoCEngineDeployment:
         started = time.monotonic()
         if old is not None:
             old.shutdown()
+            logger.info("engine replica: the previous engine shut down in %.1f s", time.monotonic() - started)
         try:
             self.engine = await self._factory(target.serving.engine)
             self._openai = self.engine.openai_server()
