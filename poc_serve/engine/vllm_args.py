@@ -463,6 +463,6 @@ def _check_parser_name(kind: str, name: str | None, flag: str) -> None:
     from poc_serve.engine.vllm_compat import registered_parser_names
 
     known = registered_parser_names(kind)
-    if known is not None and name not in known:
+    if name not in known:
         raise InvalidArgumentError(f"{flag}: unknown {kind} parser {name!r} (vLLM has: {', '.join(sorted(known))})",
                                    argument=flag)

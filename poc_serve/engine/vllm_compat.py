@@ -292,12 +292,9 @@ async def engine_tokenizer(engine_client: Any) -> Any:
 
 
 def flexible_argument_parser() -> type:
-    """vLLM's ``FlexibleArgumentParser`` class: ``vllm.utils.argparse_utils`` in 0.32; older
-    versions (0.26 presumably, unverified here) export it from ``vllm.utils``."""
-    try:
-        from vllm.utils.argparse_utils import FlexibleArgumentParser
-    except ImportError:  # pragma: no cover - depends on the installed vLLM
-        from vllm.utils import FlexibleArgumentParser
+    """vLLM's ``FlexibleArgumentParser`` class (``vllm.utils.argparse_utils`` in 0.26 and 0.32)."""
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
     return FlexibleArgumentParser
 
 
@@ -305,34 +302,23 @@ def serve_arg_parser(parser_class: type) -> Any:
     """A new ``vllm serve`` parser (engine and OpenAI-frontend arguments, as vLLM builds it) on
     ``parser_class``, a subclass of :func:`flexible_argument_parser`. ``make_arg_parser`` lives in
     ``vllm.entrypoints.launchers.cli_args`` in 0.32 and in ``vllm.entrypoints.openai.cli_args``
-    before (0.26: expected there, unverified; its frontend has fewer options, e.g. no --grpc)."""
+    in 0.26 (run there: an ``inference/up`` on one H200; its frontend has fewer options, e.g. no
+    --grpc)."""
     try:
         from vllm.entrypoints.launchers.cli_args import make_arg_parser
-    except ImportError:  # pragma: no cover - depends on the installed vLLM
+    except ImportError:  # pragma: no cover - 0.26
         from vllm.entrypoints.openai.cli_args import make_arg_parser
     return make_arg_parser(parser_class(prog="vllm serve"))
 
 
-def registered_parser_names(kind: str) -> frozenset[str] | None:
-    """Names of vLLM's tool-call (``kind="tool"``) or reasoning (``"reasoning"``) parsers, or None
-    where this vLLM keeps its registry elsewhere (the names then go unchecked until the engine
-    starts). 0.32: ``vllm.tool_parsers``; 0.26 may still have ``vllm.entrypoints.openai.tool_parsers``."""
-    import importlib
-
-    places = {"tool": (("vllm.tool_parsers", "ToolParserManager"),
-                       ("vllm.entrypoints.openai.tool_parsers", "ToolParserManager")),
-              "reasoning": (("vllm.reasoning", "ReasoningParserManager"),)}[kind]
-    for module, name in places:
-        try:
-            manager = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue
-        if hasattr(manager, "list_registered"):
-            return frozenset(manager.list_registered())
-        registry = getattr(manager, "tool_parsers" if kind == "tool" else "reasoning_parsers", None)
-        if isinstance(registry, dict):
-            return frozenset(registry)
-    return None
+def registered_parser_names(kind: str) -> frozenset[str]:
+    """Names of vLLM's tool-call (``kind="tool"``) or reasoning (``"reasoning"``) parsers
+    (``vllm.tool_parsers`` and ``vllm.reasoning`` in 0.26 and 0.32)."""
+    if kind == "tool":
+        from vllm.tool_parsers import ToolParserManager as manager
+    else:
+        from vllm.reasoning import ReasoningParserManager as manager
+    return frozenset(manager.list_registered())
 
 
 def vendored_nvml() -> Any | None:
