@@ -19,7 +19,7 @@ FAULTS = [("500", 12), ("404", 12), ("reset", 12), ("slow", 3)]
 
 def test_a_misbehaving_receiver_delays_callbacks_and_loses_nothing():
     async def run(receiver):
-        sender = CallbackSender(timeout=0.3, backoff_base=0.02, backoff_cap=0.1)
+        sender = CallbackSender(timeout=0.3, backoff_base=0.02, backoff_cap=0.03)
         settings = GenerationSettings(call_size=lambda seq_len: 8, batches_in_flight=3, callback_interval_s=0.05,
                                       log_interval_s=1.0)
         mgr = RoundManager(compute=FlakyDistanceEngine().compute, callbacks=sender, settings=settings, max_seq_len=128)

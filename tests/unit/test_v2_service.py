@@ -26,6 +26,13 @@ from tests.support.receiver import CallbackReceiver
 from tests.support.services import PARAMS, URL_PATH, gen_request, init, service, wired
 
 
+@pytest.fixture(autouse=True)
+def _replicas_restart_fast(monkeypatch):
+    """A failed engine call is handed out again after 0.05 s (the wait for a restarting replica,
+    1 s in production)."""
+    monkeypatch.setattr(generation, "RETRY_DELAY_S", 0.05)
+
+
 async def job_state(svc: ArtifactService, request_id: str) -> dict:
     return svc.job_state(request_id)
 
@@ -47,9 +54,8 @@ def test_nonce_sequence_v2_formula_and_v1_identity():
             NonceSequence(*bad)
 
 
-def test_generation_is_dense_and_every_artifact_is_delivered_once(caplog, monkeypatch):
+def test_generation_is_dense_and_every_artifact_is_delivered_once(caplog):
     """Failed calls re-run with the same nonces; the receiver is down for a part of the round."""
-    monkeypatch.setattr(generation, "RETRY_DELAY_S", 0.05)  # the wait for a restarting replica
 
     async def run(url):
         engine = FlakyArtifactEngine(fail_every=4, nonfinite=frozenset({1 + 3 * 7}), fail_retries=False)
