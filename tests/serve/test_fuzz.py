@@ -1,4 +1,4 @@
-"""Bad input over real HTTP and real Ray Serve (the fake engine of tests/support): schema
+"""Bad input over real HTTP and real Ray Serve (the stand-in node of tests/support): schema
 fuzzing of every /api/v1/... and /v1/... route of the OpenAPI document (schemathesis, a bounded
 and derandomised number of examples per route) answers no 5xx and every 4xx says what is wrong;
 then the cases a schema cannot generate: bodies over the size limit, integers beyond int64,
@@ -16,25 +16,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from poc_serve.serve.config import PoCAppArgs
 from poc_serve.serve.http.limits import MAX_BODY_BYTES, MAX_JSON_DEPTH
-from tests.support.fake_engine import NonceDerivedEngine
-from tests.support.local_serve import deployed
+from tests.support.local_serve import STAND_IN_MODEL
 
 V1 = "/api/v1/pow"
 V2 = "/api/v1/inference/pow"
-MODEL = "stand-in"
 # Enough to reach every field's bounds on every route, small enough for CI's two cores.
 EXAMPLES_PER_ROUTE = 25
-
-
-@pytest.fixture(scope="module")
-def base(serve_url):
-    # Callbacks to the fuzzed URLs give up fast.
-    args = PoCAppArgs(model=MODEL, engine_num_cpus=0, callback_timeout_s=0.5, callback_backoff_s=0.1,
-                      engine=dict(max_model_len=64, max_num_batched_tokens=256))
-    with deployed(args, NonceDerivedEngine.factory, "fuzz"):
-        yield serve_url
 
 
 def message_of(response) -> str:
@@ -43,20 +31,20 @@ def message_of(response) -> str:
     return str(body["error"]["message"] if "error" in body else body["detail"])
 
 
-def test_no_route_answers_5xx(base, request):
+def test_no_route_answers_5xx(node_url, request):
     """Valid and invalid bodies, paths and queries on every route: below 500 but for a 503 that
     names the state it answers (inference down after a fuzzed POST /api/v1/stop, no NVML on this
     CPU node), and a 4xx names the problem. A case that started something ends with both APIs
     stopped, so that no later case is blocked by it. Bad answers are collected rather than raised:
     no shrinking, a bounded run, and one report of every route that failed."""
-    api = schemathesis.openapi.from_url(f"{base}/openapi.json")
+    api = schemathesis.openapi.from_url(f"{node_url}/openapi.json")
     bad: dict[str, str] = {}
-    session, client = requests.Session(), httpx.Client(base_url=base, timeout=30)
+    session, client = requests.Session(), httpx.Client(base_url=node_url, timeout=30)
     request.addfinalizer(client.close)
     request.addfinalizer(session.close)
 
     def check(case) -> None:
-        response = case.call(base_url=base, timeout=30, session=session)
+        response = case.call(base_url=node_url, timeout=30, session=session)
         status = response.status_code
         honest_503 = status == 503 and message_of(response)
         if (status >= 500 and not honest_503) or (status >= 400 and not message_of(response)):
@@ -77,13 +65,13 @@ def test_no_route_answers_5xx(base, request):
             except Unsatisfiable:  # no parameters, so no invalid request of this route exists
                 assert mode is GenerationMode.NEGATIVE and not operation.body and not operation.query
     # A fuzzed POST /api/v1/stop set inference down: the modules' other tests need it up.
-    assert client.post("/api/v1/inference/up", json={"model": MODEL}).status_code == 200
+    assert client.post("/api/v1/inference/up", json={"model": STAND_IN_MODEL}).status_code == 200
     assert not bad, "\n".join(f"{route}: {answer}" for route, answer in bad.items())
 
 
-def post(base: str, path: str, body) -> httpx.Response:
+def post(node_url: str, path: str, body) -> httpx.Response:
     """POST raw bytes (or chunks of them), as a client that writes its own JSON would."""
-    return httpx.post(base + path, content=body, timeout=60)
+    return httpx.post(node_url + path, content=body, timeout=60)
 
 
 def refused(response, status: int, *words: str) -> None:
@@ -100,8 +88,8 @@ def refused(response, status: int, *words: str) -> None:
 V1_INIT = {"block_hash": "b", "block_height": 1, "public_key": "k", "r_target": 1.4, "seq_len": 16}
 PROOF = {"block_hash": "b", "block_height": 1, "public_key": "k", "nonces": [1], "dist": [1.3]}
 V2_JOB = {"block_hash": "b", "block_height": 1, "public_key": "k", "node_id": 0, "node_count": 1,
-          "params": {"model": MODEL, "seq_len": 16}, "nonces": [1], "wait": True}
-COMPLETION = {"model": MODEL, "prompt": "hi"}
+          "params": {"model": STAND_IN_MODEL, "seq_len": 16}, "nonces": [1], "wait": True}
+COMPLETION = {"model": STAND_IN_MODEL, "prompt": "hi"}
 # One body of each API, with the path a bad value goes into.
 ROUTES = [(f"{V1}/validate", PROOF), (f"{V2}/generate", V2_JOB), ("/v1/completions", COMPLETION)]
 
@@ -112,24 +100,24 @@ def with_raw(body: dict, key: str, literal: str) -> str:
 
 
 @pytest.mark.parametrize("path,body", ROUTES)
-def test_the_good_bodies_pass(base, path, body):
+def test_the_good_bodies_pass(node_url, path, body):
     """The bodies the bad cases below are made from are served (so a 4xx below is the bad value's)."""
     if path == f"{V1}/validate":
-        assert httpx.post(f"{base}{V1}/init/validate", json=V1_INIT, timeout=60).status_code == 200
-    response = httpx.post(base + path, json=body, timeout=60)
-    httpx.post(f"{base}{V1}/stop", timeout=60)  # a validating round would hold inference back
+        assert httpx.post(f"{node_url}{V1}/init/validate", json=V1_INIT, timeout=60).status_code == 200
+    response = httpx.post(node_url + path, json=body, timeout=60)
+    httpx.post(f"{node_url}{V1}/stop", timeout=60)  # a validating round would hold inference back
     assert response.status_code == 200, response.text
 
 
 @pytest.mark.parametrize("path,body", ROUTES)
-def test_body_over_the_size_limit_is_413(base, path, body):
+def test_body_over_the_size_limit_is_413(node_url, path, body):
     """Refused by its Content-Length, and by its size when sent in chunks without one."""
     padding = " " * (MAX_BODY_BYTES + 1 - len(json.dumps(body)))
     big = json.dumps(body) + padding
-    refused(post(base, path, big), 413, str(MAX_BODY_BYTES))
+    refused(post(node_url, path, big), 413, str(MAX_BODY_BYTES))
     chunk = 1 << 20
     chunks = (big[i:i + chunk].encode() for i in range(0, len(big), chunk))
-    refused(post(base, path, chunks), 413, str(MAX_BODY_BYTES))
+    refused(post(node_url, path, chunks), 413, str(MAX_BODY_BYTES))
 
 
 @pytest.mark.parametrize("path,body,key", [(f"{V1}/validate", PROOF, "block_height"),
@@ -137,20 +125,20 @@ def test_body_over_the_size_limit_is_413(base, path, body):
                                            (f"{V2}/generate", V2_JOB, "nonces"),
                                            (f"{V2}/generate", V2_JOB, "node_id")])
 @pytest.mark.parametrize("value", [2**63, -(2**63) - 1])
-def test_integers_beyond_int64_are_refused(base, path, body, key, value):
+def test_integers_beyond_int64_are_refused(node_url, path, body, key, value):
     """The PoC APIs' models bound every integer (the OpenAI routes' bodies are vLLM's to check)."""
     value = [value] if isinstance(body.get(key), list) else value
-    refused(httpx.post(base + path, json={**body, key: value}, timeout=60), 422, key)
+    refused(httpx.post(node_url + path, json={**body, key: value}, timeout=60), 422, key)
 
 
 @pytest.mark.parametrize("path,body", ROUTES)
-def test_an_integer_of_thousands_of_digits_is_refused(base, path, body):
-    refused(post(base, path, with_raw(body, "seed", "9" * 5000)), 400, "digits")
+def test_an_integer_of_thousands_of_digits_is_refused(node_url, path, body):
+    refused(post(node_url, path, with_raw(body, "seed", "9" * 5000)), 400, "digits")
 
 
 @pytest.mark.parametrize("path,body", ROUTES[:2])
-def test_negative_nonces_are_refused(base, path, body):
-    refused(httpx.post(base + path, json={**body, "nonces": [-1]}, timeout=60), 422, "greater than or equal to 0")
+def test_negative_nonces_are_refused(node_url, path, body):
+    refused(httpx.post(node_url + path, json={**body, "nonces": [-1]}, timeout=60), 422, "greater than or equal to 0")
 
 
 @pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
@@ -158,27 +146,27 @@ def test_negative_nonces_are_refused(base, path, body):
                                            (f"{V1}/validate", PROOF, "dist"),
                                            (f"{V2}/generate", V2_JOB, "stat_test"),
                                            ("/v1/completions", COMPLETION, "temperature")])
-def test_nan_and_infinity_are_refused(base, path, body, key, literal):
+def test_nan_and_infinity_are_refused(node_url, path, body, key, literal):
     """Python's parser takes these literals (and 1e400 as inf); JSON and the network do not."""
     value = {"dist": f"[{literal}]", "stat_test": f'{{"dist_threshold": {literal}}}'}.get(key, literal)
-    refused(post(base, path, with_raw(body, key, value)), 400, literal.lstrip("-"))
+    refused(post(node_url, path, with_raw(body, key, value)), 400, literal.lstrip("-"))
 
 
 @pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 900, 100_000])
 @pytest.mark.parametrize("path,body", ROUTES)
-def test_deep_nesting_is_refused(base, path, body, depth):
+def test_deep_nesting_is_refused(node_url, path, body, depth):
     """In a list field or an ignored key, just past the limit or deeper than Python's parser can go
     (where FastAPI answered a bare "There was an error parsing the body"): a 400 naming the limit."""
     key = "nonces" if "nonces" in body else "extra"
-    refused(post(base, path, with_raw(body, key, "[" * depth + "]" * depth)), 400, f"deeper than {MAX_JSON_DEPTH}")
+    refused(post(node_url, path, with_raw(body, key, "[" * depth + "]" * depth)), 400, f"deeper than {MAX_JSON_DEPTH}")
 
 
 @pytest.mark.parametrize("path,body", ROUTES)
-def test_nesting_up_to_the_limit_is_parsed(base, path, body):
+def test_nesting_up_to_the_limit_is_parsed(node_url, path, body):
     """The limit is the refusal's cause: one level less reaches the request models (a 422 there) or,
     on the OpenAI routes, the engine (vLLM's models; here the stand-in, which answers it)."""
     key = "nonces" if "nonces" in body else "prompt"
-    response = post(base, path, with_raw(body, key, "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)))
+    response = post(node_url, path, with_raw(body, key, "[" * (MAX_JSON_DEPTH - 1) + "]" * (MAX_JSON_DEPTH - 1)))
     expected = (200,) if path.startswith("/v1/") else (400, 422)
     assert response.status_code in expected and "deeper" not in response.text, response.text[:300]
 
@@ -190,17 +178,17 @@ def test_nesting_up_to_the_limit_is_parsed(base, path, body):
     (None, ("not UTF-8", "NUL")),  # the whole body in UTF-16
     (b'"\\ud800"', ("lone surrogate",)),
 ])
-def test_non_utf8_is_refused(base, path, body, raw, words):
+def test_non_utf8_is_refused(node_url, path, body, raw, words):
     if raw is None:
         data = json.dumps(body).encode("utf-16-le")
     else:
         data = json.dumps({**body, "block_hash": "@@"}).encode().replace(b'"@@"', raw)
-    refused(post(base, path, data), 400, *words)
+    refused(post(node_url, path, data), 400, *words)
 
 
-def test_a_version_segment_keeps_the_poc_error_shape(base):
+def test_a_version_segment_keeps_the_poc_error_shape(node_url):
     """/v1/api/v1/pow/... is the PoC API behind a version segment, not the OpenAI API: the limits
     run on the path CallerHabitsMiddleware leaves."""
-    response = post(base, f"/v1{V1}/init/validate", with_raw(V1_INIT, "r_target", "NaN"))
+    response = post(node_url, f"/v1{V1}/init/validate", with_raw(V1_INIT, "r_target", "NaN"))
     assert response.status_code == 400
     assert response.json() == {"detail": "NaN is not a JSON number: send a finite number"}

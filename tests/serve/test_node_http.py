@@ -1,67 +1,33 @@
 """The ML-node management routes over real HTTP, as the network's node software calls them
 (tests/support/dapi.py: /v3.0.8 before every path, no Content-Type): state, stop, inference/up (the
 switch, its idempotency, bad arguments, a load that fails, a second up while one loads), /health,
-/v1/models, versions, GPU and model-cache routes. Real Ray Serve and ingress; stand-in engines
-whose load the test can slow down or fail through vLLM arguments."""
+/v1/models, versions, GPU and model-cache routes. Real Ray Serve and ingress: the stand-in node,
+whose engines' load the test can slow down or fail through vLLM arguments."""
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 
 import pytest
 
-from poc_serve.serve.config import PoCAppArgs
 from tests.support.dapi import Dapi
-from tests.support.local_serve import deployed
+from tests.support.fake_engine import FAILING_LOAD, ROUND, SLOW_LOAD
+from tests.support.local_serve import STAND_IN_MODEL, reset_node
 from tests.support.receiver import CallbackReceiver
-from tests.support.fake_engine import ROUND, NonceDerivedEngine
 
-BASE_MODEL = "poc-tiny-qwen3"
+BASE_MODEL = STAND_IN_MODEL
 OTHER_MODEL = "poc-tiny-llama"
-SLOW_LOAD = ["--max-num-seqs", "7"]  # the stand-in takes 3 s to load
-FAILING_LOAD = ["--max-num-seqs", "13"]  # the stand-in's load raises
-
-
-class LoadableEngine(NonceDerivedEngine):
-    """A stand-in that serves the model its config names and loads as the config's
-    max_num_seqs says."""
-
-    def __init__(self, model: str):
-        self.model = model
-
-    @classmethod
-    async def factory(cls, config) -> "LoadableEngine":
-        seqs = config.engine_kwargs.get("max_num_seqs")
-        if seqs == 13:
-            raise RuntimeError("CUDA out of memory while loading the weights (injected)")
-        if seqs == 7:
-            await asyncio.sleep(3)
-        return cls(config.model)
-
-    def model_info(self) -> dict:
-        return {**super().model_info(), "model": self.model}
-
-
-@pytest.fixture(scope="module")
-def base(serve_url):
-    args = PoCAppArgs(model=BASE_MODEL, num_engine_replicas=2, engine_num_cpus=0, callback_interval_s=0.3,
-                      log_interval_s=0.3, engine=dict(max_model_len=64, max_num_batched_tokens=256))
-    with deployed(args, LoadableEngine.factory, "node"):
-        yield serve_url
 
 
 @pytest.fixture
-def dapi(base):
-    """The DAPI of the deployment's model; after each test the node serves that model again, with
-    no PoC running, whatever the test left (one failure must not spread)."""
-    client = Dapi(base, BASE_MODEL)
+def dapi(node_url):
+    """The DAPI of the node's model; after each test the node serves that model again, with no
+    PoC running, whatever the test left (one failure must not spread)."""
+    client = Dapi(node_url, BASE_MODEL)
     yield client
-    client.post("/api/v1/inference/pow/stop", {})
-    client.post("/api/v1/pow/stop")
-    assert client.post("/api/v1/inference/up", {"model": BASE_MODEL}).status_code == 200
     client.close()
+    reset_node(node_url)
 
 
 def _wait_healthy(dapi: Dapi, timeout: float = 30) -> dict:
@@ -107,8 +73,8 @@ def test_stop_marks_inference_down_and_up_of_the_same_model_is_instant(dapi):
     assert dapi.post("/v1/completions", {"model": BASE_MODEL, "prompt": "hi", "max_tokens": 2}).status_code == 200
 
 
-def test_a_node_serving_the_wrong_model_is_switched(base, dapi):
-    other = Dapi(base, OTHER_MODEL)
+def test_a_node_serving_the_wrong_model_is_switched(node_url, dapi):
+    other = Dapi(node_url, OTHER_MODEL)
     try:
         generation = _wait_healthy(dapi)["generation"]
         assert other.poll().reason.startswith("Model mismatch")
@@ -161,8 +127,10 @@ def test_state_and_health_tell_the_truth_while_a_load_runs_and_a_second_up_gets_
         assert state.status_code == 200 and state.json()["state"] == "INFERENCE"
         if health.status_code == 503:
             seen.add(health.json()["detail"].split(":")[0])
-            second = dapi.post("/api/v1/inference/up", {"model": BASE_MODEL, "additional_args": []})
-            if load.is_alive():
+            # The load's own arguments: a second up that comes just after the load ended (the load's
+            # thread may not have seen its answer yet) finds them served and loads nothing.
+            second = dapi.post("/api/v1/inference/up", {"model": BASE_MODEL, "additional_args": SLOW_LOAD})
+            if dapi.get("/health").status_code == 503:  # the load ran before and after: the second up came during it
                 assert second.status_code == 409, second.text
         time.sleep(0.2)
     load.join()

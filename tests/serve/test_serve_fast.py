@@ -1,6 +1,6 @@
 """The Serve application over real HTTP in seconds: real Ray Serve, real ingress, real callback
-receiver; only the engine is a stand-in, injected through the engine deployment's
-``engine_factory`` with the deployment options the application builder gives it.
+receiver; only the engines are stand-ins (the stand-in node of tests/support), injected through the
+engine deployment's ``engine_factory`` with the deployment options the application builder gives it.
 
 Covers a v1 round's control flow (generate, validate phase, resume, stop; callbacks; proofs
 judged), a v2 job waiting for a v1 round, and the inference gate (503 while PoC runs, 200 after).
@@ -15,28 +15,19 @@ import httpx
 import pytest
 
 from poc_serve.engine.protocol import ArtifactRound, PoCRound
-from poc_serve.serve.config import PoCAppArgs
-from tests.support.fake_engine import R_TARGET, ROUND, NonceDerivedEngine, artifact, distance
-from tests.support.local_serve import deployed
+from tests.support.fake_engine import R_TARGET, ROUND, artifact, distance
+from tests.support.local_serve import STAND_IN_MODEL
 from tests.support.receiver import CallbackReceiver
 from tests.support.waits import wait_checked
 
 V1 = "/api/v1/pow"
 V2 = "/api/v1/inference/pow"
-COMPLETION = {"model": "stand-in", "prompt": "hi", "max_tokens": 3}
-
-
-@pytest.fixture(scope="module")
-def base(serve_url):
-    args = PoCAppArgs(model="stand-in", engine_num_cpus=0, callback_interval_s=0.2, log_interval_s=0.2,
-                      engine=dict(max_model_len=64, max_num_batched_tokens=128, poc_forwards_per_call=1))
-    with deployed(args, NonceDerivedEngine.factory, "fast"):
-        yield serve_url
+COMPLETION = {"model": STAND_IN_MODEL, "prompt": "hi", "max_tokens": 3}
 
 
 @pytest.fixture
-def client(base):
-    with httpx.Client(base_url=base, timeout=60) as c:
+def client(node_url):
+    with httpx.Client(base_url=node_url, timeout=60) as c:
         yield c
         c.post(f"{V1}/stop")
 
@@ -92,7 +83,7 @@ def test_v2_job_waits_for_a_generating_v1_round(client):
     the round stops, with the engine's artifacts of its nonces."""
     assert client.post(f"{V1}/init/generate", json=ROUND).status_code == 200
     job = {"block_hash": "job_bh", "block_height": 7, "public_key": "job_pk", "node_id": 0, "node_count": 1,
-           "nonces": [5, 9, 2], "wait": True, "params": {"model": "stand-in", "seq_len": 16}}
+           "nonces": [5, 9, 2], "wait": True, "params": {"model": STAND_IN_MODEL, "seq_len": 16}}
     answers: list[httpx.Response] = []
     waiter = threading.Thread(target=lambda: answers.append(
         httpx.post(f"{client.base_url}{V2}/generate", json=job, timeout=60)))

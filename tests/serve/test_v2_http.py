@@ -1,5 +1,5 @@
 """The PoC v2 API over real HTTP and real Ray Serve, with two stand-in engine replicas injected
-through the engine deployment's ``engine_factory`` (no vLLM: the fast layer) and a real callback
+through the engine deployment's ``engine_factory`` (the stand-in node of tests/support) and a real callback
 receiver: answer shapes and JSON types, the network client's habits, status codes, one nonce
 counter over two replicas, and the v1/v2 policies."""
 
@@ -10,40 +10,30 @@ import time
 import httpx
 import pytest
 
-from poc_serve.serve.config import PoCAppArgs
-from tests.support.fake_engine import NoValidNonceEngine
-from tests.support.local_serve import deployed
+from tests.support.local_serve import STAND_IN_MODEL
 from tests.support.receiver import CallbackReceiver
 
 V2 = "/api/v1/inference/pow"
-PARAMS = {"model": "stand-in", "seq_len": 16}
+PARAMS = {"model": STAND_IN_MODEL, "seq_len": 16}
 ROUND = {"block_hash": "http_bh", "block_height": 5, "public_key": "http_pk", "node_id": 0, "node_count": 2,
          "params": PARAMS}
 V1_ROUND = {"block_hash": "b", "block_height": 1, "public_key": "k", "r_target": 1.4, "node_id": 0,
             "node_count": 1, "seq_len": 16}
 
 
-@pytest.fixture(scope="module")
-def base(serve_url):
-    args = PoCAppArgs(model="stand-in", num_engine_replicas=2, engine_num_cpus=0, callback_interval_s=0.3,
-                      log_interval_s=0.3, engine=dict(max_model_len=64, max_num_batched_tokens=256))
-    with deployed(args, NoValidNonceEngine.factory, "v2"):
-        yield serve_url
-
-
 @pytest.fixture
-def client(base):
-    with httpx.Client(base_url=base + V2, timeout=60) as c:
+def client(node_url):
+    with httpx.Client(base_url=node_url + V2, timeout=60) as c:
         yield c
         c.post("/stop")
-        httpx.post(base + "/api/v1/pow/stop", timeout=60)
+        httpx.post(node_url + "/api/v1/pow/stop", timeout=60)
 
 
-def test_generation_over_two_replicas_with_the_go_clients_habits(base, client):
+def test_generation_over_two_replicas_with_the_go_clients_habits(node_url, client):
     with CallbackReceiver() as receiver:
         # No Content-Type, a version segment in front of the path.
         raw = httpx.Request("POST", "http://x", json={**ROUND, "url": receiver.url + "/cb%252Fx"}).content
-        r = httpx.post(f"{base}/v3.0.8{V2}/init/generate", content=raw, timeout=60)
+        r = httpx.post(f"{node_url}/v3.0.8{V2}/init/generate", content=raw, timeout=60)
         assert r.status_code == 200, r.text
         assert r.json() == {"status": "OK", "backends": 2, "n_groups": 1,
                             "results": [{"port": 0, "status": "OK"}] * 2, "errors": None,
@@ -54,12 +44,12 @@ def test_generation_over_two_replicas_with_the_go_clients_habits(base, client):
             "block_hash": "http_bh", "block_height": 5, "public_key": "http_pk", "node_id": 0, "node_count": 2,
             "group_id": 0, "n_groups": 1, "seq_len": 16, "k_dim": 12}
         # One generation at a time; inference waits.
-        r = httpx.post(f"{base}/api/v1/pow/init/generate", json=V1_ROUND, timeout=60)
+        r = httpx.post(f"{node_url}/api/v1/pow/init/generate", json=V1_ROUND, timeout=60)
         assert r.status_code == 409 and "v2 generation is running" in r.json()["detail"]
-        r = httpx.post(f"{base}/v1/completions", json={"model": "stand-in", "prompt": "hi"}, timeout=60)
+        r = httpx.post(f"{node_url}/v1/completions", json={"model": STAND_IN_MODEL, "prompt": "hi"}, timeout=60)
         assert r.status_code == 503 and "v2" in r.json()["error"]["message"]
         time.sleep(2)
-        r = httpx.post(f"{base}/v1{V2}/stop", timeout=60)  # empty body
+        r = httpx.post(f"{node_url}/v1{V2}/stop", timeout=60)  # empty body
         assert r.json() == {"status": "OK", "results": [{"port": 0, "status": "stopped"}] * 2, "errors": None,
                             "pow_status": {"status": "STOPPED"}}
         total = client.get("/status").json()["backends"][0]["stats"]["total_processed"]
@@ -84,7 +74,7 @@ def test_bad_requests(client):
     assert client.get("/generate/12:0b3c0c55-0000-4000-8000-000000000000").status_code == 404
 
 
-def test_jobs_and_v1_policy(base, client):
+def test_jobs_and_v1_policy(node_url, client):
     r = client.post("/generate", json={**ROUND, "nonces": [4, 6], "wait": True,
                                        "params": {**PARAMS, "model": "/nowhere/stand-in"}})
     assert r.status_code == 200 and [a["nonce"] for a in r.json()["artifacts"]] == [4, 6]
@@ -103,10 +93,10 @@ def test_jobs_and_v1_policy(base, client):
                    "skipped_nonces": []}
     assert client.get("/status").json()["jobs"]["completed"] == 1
     # The job routes under v1's prefix too (no v1 route has their paths).
-    copy = httpx.post(f"{base}/api/v1/pow/generate", json={**body, "wait": True}, timeout=60).json()
+    copy = httpx.post(f"{node_url}/api/v1/pow/generate", json={**body, "wait": True}, timeout=60).json()
     assert copy == {**job, "request_id": copy["request_id"]}
-    assert httpx.get(f"{base}/api/v1/pow/generate/{queued['request_id']}", timeout=60).json() == job
-    assert httpx.post(f"{base}/api/v1/pow/init/generate", json=V1_ROUND, timeout=60).status_code == 200
+    assert httpx.get(f"{node_url}/api/v1/pow/generate/{queued['request_id']}", timeout=60).json() == job
+    assert httpx.post(f"{node_url}/api/v1/pow/init/generate", json=V1_ROUND, timeout=60).status_code == 200
     r = client.post("/init/generate", json=ROUND)
     assert r.status_code == 409 and "v1 round is generating" in r.json()["detail"]
     client.post("/stop")
