@@ -42,12 +42,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.early_share import early_share  # noqa: E402
 from benchmarks.inference_speed import bodies, engine_direct, through_service  # noqa: E402
 from benchmarks.shared import OUT, ROOT, emit, run_phases  # noqa: E402
+from tests.support.network_requests import WEATHER_TOOL, enforced, logprobs_problem, network_body, post  # noqa: E402
 
 RESULTS = "network_gpu.jsonl"
-NUMERIC = re.compile(r"^(0|[1-9][0-9]*)$")
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 # Log lines that say where a model load's time went (the engine replica's and vLLM's).
 LOAD_LOG = re.compile(r"(engine replica: |vLLM's engine built in|Loading weights took|Model loading took|"
                       r"torch\.compile takes|Compiling a graph|Graph capturing finished|init engine .* took|"
@@ -60,23 +57,6 @@ def app_args(a) -> dict:
     args["model"] = a.model
     args["engine"].update(tool_call_parser="hermes", enable_auto_tool_choice=True)
     return args
-
-
-def network_body(model: str, content: str = "Name three colors.", **overrides) -> dict:
-    """The body the network's host sends (spec 5.2)."""
-    return {"logprobs": True, "logprobs_mode": "processed_logprobs", "max_completion_tokens": 64, "max_tokens": 64,
-            "messages": [{"role": "user", "content": content}], "model": model, "return_token_ids": True,
-            "seed": 4187, "skip_special_tokens": False, "stream": False, "top_logprobs": 5, **overrides}
-
-
-def network_logprobs_ok(content: list[dict]) -> bool:
-    return bool(content) and all(
-        NUMERIC.match(c["token"]) and c["bytes"] == list(c["token"].encode()) and len(c["top_logprobs"]) == 5
-        and all(NUMERIC.match(t["token"]) for t in c["top_logprobs"]) for c in content)
-
-
-def enforced(content: list[dict]) -> dict:
-    return {"tokens": [{"token": c["token"], "top_tokens": [t["token"] for t in c["top_logprobs"]]} for c in content]}
 
 
 # --- phases ---------------------------------------------------------------------------------------
@@ -126,12 +106,6 @@ def phase_service(a) -> None:
 # --- parts of the service phase -------------------------------------------------------------------
 
 
-def post(base: str, path: str, body: dict) -> httpx.Response:
-    """As the network's host posts it: compact JSON, a version segment before the path."""
-    return httpx.post(f"{base}/v3.0.8{path}", content=json.dumps(body, separators=(",", ":")), timeout=600,
-                      headers={"content-type": "application/json"})
-
-
 def stream_chat(base: str, body: dict) -> dict:
     """A streamed chat: its content's logprobs, usage, chunk times (from the request), the end."""
     content, usage, times, lines = [], None, [], []
@@ -161,24 +135,22 @@ def part_inference(a, base: str) -> None:
     content = body["choices"][0]["logprobs"]["content"]
     streamed = stream_chat(base, network_body(a.model, stream=True, stream_options={"include_usage": True}))
     emit({"part": "network_shape", "status": [plain.status_code, streamed["status"]],
-          "ids_and_5_top": [network_logprobs_ok(content), network_logprobs_ok(streamed["content"])],
+          "logprobs_problem": [logprobs_problem(content), logprobs_problem(streamed["content"])],
           "usage": [body["usage"], streamed["usage"]], "stream_done": streamed["done"],
           "token_ids_match": body["choices"][0].get("token_ids") == [int(c["token"]) for c in content],
           "first_tokens": [c["token"] for c in content[:5]]}, file=RESULTS)
 
     forced = post(base, "/v1/chat/completions", {
-        **network_body(a.model, "What is the weather in Paris?"), "tools": [WEATHER_TOOL],
+        **network_body(a.model, "What is the weather in Paris?", max_tokens=64), "tools": [WEATHER_TOOL],
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}}})
     message = forced.json()["choices"][0]["message"] if forced.status_code == 200 else forced.json()
     emit({"part": "forced_tool_call", "status": forced.status_code,
           "tool_calls": message.get("tool_calls"), "content": (message.get("content") or "")[:200]}, file=RESULTS)
 
     for mode in ("processed_logprobs", "raw_logprobs"):
-        original = post(base, "/v1/chat/completions", network_body(
-            a.model, "Tell a long story.", logprobs_mode=mode, temperature=0.7, max_tokens=128,
-            max_completion_tokens=128)).json()["choices"][0]["logprobs"]["content"]
-        replay = network_body(a.model, "Tell a long story.", logprobs_mode=mode, temperature=0.7, max_tokens=128,
-                              max_completion_tokens=128, seed=7, enforced_tokens=enforced(original))
+        story = network_body(a.model, "Tell a long story.", logprobs_mode=mode, temperature=0.7, max_tokens=128)
+        original = post(base, "/v1/chat/completions", story).json()["choices"][0]["logprobs"]["content"]
+        replay = {**story, "seed": 7, "enforced_tokens": enforced(original)}
         alone = post(base, "/v1/chat/completions", replay).json()["choices"][0]["logprobs"]["content"]
 
         async def beside_others() -> list[dict]:
@@ -218,7 +190,7 @@ def part_speed(a, base: str) -> None:
 def part_early(a, base: str) -> None:
     stream: dict = {}
     body = network_body(a.model, "Tell a very long story.", stream=True, max_tokens=a.stream_tokens,
-                        max_completion_tokens=a.stream_tokens, ignore_eos=True,
+                        ignore_eos=True,
                         stream_options={"include_usage": True})
     streamer = threading.Thread(target=lambda: stream.update(stream_chat(base, body)))
     streamer.start()

@@ -18,17 +18,14 @@ from ray import serve
 from poc_serve.app import build_app
 from poc_serve.logprob_similarity import logprob_similarity
 from tests.support.local_serve import local_serve
+from tests.support.network_requests import TOKEN_ID, WEATHER_TOOL, enforced, logprobs_problem, network_body, post
 from tests.support.receiver import CallbackReceiver
 
 MODEL = "poc-tiny-qwen3"
 THRESHOLD = 0.94
-NUMERIC = re.compile(r"^(0|[1-9][0-9]*)$")
 APP_ARGS = dict(model=MODEL, num_engine_replicas=2, callback_interval_s=0.5, log_interval_s=1.0,
                 engine=dict(max_model_len=512, max_num_batched_tokens=1024, enforce_eager=True,
                             tool_call_parser="hermes", enable_auto_tool_choice=True))
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "The weather in a city.",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
 
 
 @pytest.fixture(scope="module")
@@ -43,46 +40,19 @@ def oai(base):
     return openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=300)
 
 
-def network_body(content: str = "Name three colors.", **overrides) -> dict:
-    """The body the network's host sends (spec 5.2), keys as Go's json.Marshal writes them."""
-    body = {"logprobs": True, "logprobs_mode": "processed_logprobs", "max_completion_tokens": 32, "max_tokens": 32,
-            "messages": [{"role": "user", "content": content}], "model": MODEL, "return_token_ids": True,
-            "seed": 4187, "skip_special_tokens": False, "stream": False, "top_logprobs": 5}
-    return {**body, **overrides}
-
-
-def post(base: str, path: str, body: dict) -> httpx.Response:
-    """As the network's host posts it: compact JSON, a version segment before the path."""
-    return httpx.post(f"{base}/v3.0.8{path}", content=json.dumps(body, separators=(",", ":")), timeout=300,
-                      headers={"content-type": "application/json"})
-
-
-def check_network_logprobs(content: list[dict]) -> None:
-    assert content
-    for item in content:
-        assert NUMERIC.match(item["token"]) and item["bytes"] == list(item["token"].encode())
-        assert len(item["top_logprobs"]) == 5
-        assert all(NUMERIC.match(t["token"]) and t["bytes"] == list(t["token"].encode())
-                   for t in item["top_logprobs"])
-
-
-def enforced(content: list[dict]) -> dict:
-    return {"tokens": [{"token": c["token"], "top_tokens": [t["token"] for t in c["top_logprobs"]]} for c in content]}
-
-
 def test_the_networks_request_not_streamed(base):
-    answer = post(base, "/v1/chat/completions", network_body())
+    answer = post(base, "/v1/chat/completions", network_body(MODEL))
     assert answer.status_code == 200, answer.text
     body = answer.json()
     content = body["choices"][0]["logprobs"]["content"]
-    check_network_logprobs(content)
+    assert logprobs_problem(content) is None, logprobs_problem(content)
     usage = body["usage"]
     assert usage["prompt_tokens"] > 0 and usage["completion_tokens"] == len(content) > 0
     assert body["choices"][0]["token_ids"] == [int(c["token"]) for c in content]
 
 
 def test_the_networks_request_streamed(base):
-    body = network_body(stream=True, stream_options={"include_usage": True})
+    body = network_body(MODEL, stream=True, stream_options={"include_usage": True})
     content, usage = [], None
     with httpx.stream("POST", f"{base}/v3.0.8/v1/chat/completions", json=body, timeout=300) as answer:
         assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
@@ -93,7 +63,7 @@ def test_the_networks_request_streamed(base):
         for choice in chunk["choices"]:
             content += (choice.get("logprobs") or {}).get("content") or []
         usage = chunk.get("usage") or usage
-    check_network_logprobs(content)
+    assert logprobs_problem(content) is None, logprobs_problem(content)
     assert usage["completion_tokens"] == len(content) and usage["prompt_tokens"] > 0
 
 
@@ -102,15 +72,15 @@ def test_a_replay_with_enforced_tokens_matches_and_forgeries_do_not(base, mode):
     """An answer of this node replayed (the validator's request of spec 5.5, another seed) on the
     engine replicas, alone and beside other requests in the same batches: the same tokens and a
     similarity of at least 0.99; logprobs scaled by 2 fall below the network's threshold."""
-    original = post(base, "/v1/chat/completions", network_body(logprobs_mode=mode, temperature=0.7, max_tokens=48,
-                                                               max_completion_tokens=48)).json()
+    original_body = network_body(MODEL, logprobs_mode=mode, temperature=0.7, max_tokens=48)
+    original = post(base, "/v1/chat/completions", original_body).json()
     content = original["choices"][0]["logprobs"]["content"]
-    replay_body = network_body(logprobs_mode=mode, temperature=0.7, max_tokens=48, max_completion_tokens=48,
+    replay_body = network_body(MODEL, logprobs_mode=mode, temperature=0.7, max_tokens=48,
                                seed=7, enforced_tokens=enforced(content))
 
     async def replays() -> list[dict]:
         async with httpx.AsyncClient(timeout=300) as http:
-            others = [network_body(f"Tell a story number {i}.", max_tokens=48, max_completion_tokens=48,
+            others = [network_body(MODEL, f"Tell a story number {i}.", max_tokens=48,
                                    logprobs_mode="raw_logprobs" if i % 2 else "processed_logprobs")
                       for i in range(6)]
             answers = await asyncio.gather(*(http.post(f"{base}/v1/chat/completions", json=b)
@@ -134,7 +104,7 @@ def test_openai_client_features(oai):
                                        messages=[{"role": "developer", "content": "Be brief."},
                                                  {"role": "user", "content": [{"type": "text", "text": "Hello"}]}])
     assert len(chat.choices) == 2 and all(len(c.logprobs.content[0].top_logprobs) == 3 for c in chat.choices)
-    assert all(NUMERIC.match(c.logprobs.content[0].token) for c in chat.choices)
+    assert all(TOKEN_ID.match(c.logprobs.content[0].token) for c in chat.choices)
     done = oai.completions.create(model=MODEL, prompt="Hello, how are", max_tokens=4, n=2, logprobs=2, echo=True)
     assert len(done.choices) == 2 and all(c.text.startswith("Hello, how are") for c in done.choices)
     history = oai.chat.completions.create(model=MODEL, max_tokens=4, tools=[WEATHER_TOOL], messages=[
@@ -199,7 +169,7 @@ def test_503_while_poc_generates(base, oai):
 def test_chat_beside_validation_jobs_is_unchanged(base):
     """poc_validation_inference (spec 4): chat completions answered while PoC v2 validation jobs run
     on the same engines give exactly the tokens and logprobs they give with the engines idle."""
-    bodies = [network_body(f"Question {i}?", temperature=0.7, max_tokens=24, max_completion_tokens=24)
+    bodies = [network_body(MODEL, f"Question {i}?", temperature=0.7, max_tokens=24)
               for i in range(3)]
 
     def answers() -> list[list[dict]]:
