@@ -128,7 +128,13 @@ def test_openai_client_features(oai):
     shaped = oai.chat.completions.create(model=MODEL, max_tokens=64, messages=[{"role": "user", "content": "A color"}],
                                          response_format={"type": "json_schema", "json_schema": {
                                              "name": "color", "schema": schema}})
-    assert json.loads(shaped.choices[0].message.content)["color"] in ("red", "blue")
+    # The grammar lets JSON's whitespace in anywhere, and the random model often spends its 64
+    # tokens on it: what it wrote is, without the whitespace, one of the answers or a start of one.
+    written, allowed = "".join(shaped.choices[0].message.content.split()), ('{"color":"red"}', '{"color":"blue"}')
+    if shaped.choices[0].finish_reason == "stop":
+        assert written in allowed, written
+    else:
+        assert any(answer.startswith(written) for answer in allowed), written
     chunks = list(oai.chat.completions.create(model=MODEL, max_tokens=4, stream=True,
                                               stream_options={"include_usage": True},
                                               messages=[{"role": "user", "content": "Hi"}]))
