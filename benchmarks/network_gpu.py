@@ -42,7 +42,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.early_share import early_share  # noqa: E402
 from benchmarks.inference_speed import bodies, engine_direct, through_service  # noqa: E402
 from benchmarks.shared import OUT, ROOT, emit, run_phases  # noqa: E402
-from tests.support.network_requests import WEATHER_TOOL, enforced, logprobs_problem, network_body, post  # noqa: E402
+from tests.support.network_requests import (WEATHER_TOOL, enforced, logprobs_problem, network_body,  # noqa: E402
+                                            post, stream_chat)
 
 RESULTS = "network_gpu.jsonl"
 # Log lines that say where a model load's time went (the engine replica's and vLLM's).
@@ -104,27 +105,6 @@ def phase_service(a) -> None:
 
 
 # --- parts of the service phase -------------------------------------------------------------------
-
-
-def stream_chat(base: str, body: dict) -> dict:
-    """A streamed chat: its content's logprobs, usage, chunk times (from the request), the end."""
-    content, usage, times, lines = [], None, [], []
-    started = time.monotonic()
-    with httpx.stream("POST", f"{base}/v3.0.8/v1/chat/completions", json=body, timeout=600) as answer:
-        status = answer.status_code
-        for line in answer.iter_lines():
-            if line.startswith("data: "):
-                times.append(time.monotonic() - started)
-                lines.append(line)
-    for line in lines[:-1]:
-        chunk = json.loads(line.removeprefix("data: "))
-        for choice in chunk.get("choices") or ():
-            content += (choice.get("logprobs") or {}).get("content") or []
-        usage = chunk.get("usage") or usage
-    gaps = [b - t for t, b in zip(times, times[1:])]
-    return {"status": status, "done": bool(lines) and lines[-1] == "data: [DONE]", "content": content,
-            "usage": usage, "started": started, "seconds": times[-1] if times else None,
-            "max_gap_s": max(gaps) if gaps else None, "chunks": len(lines)}
 
 
 def part_inference(a, base: str) -> None:

@@ -7,7 +7,6 @@ extensions (token-id logprobs, logprobs_mode, enforced_tokens) and its compariso
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 
 import httpx
@@ -18,7 +17,8 @@ from ray import serve
 from poc_serve.app import build_app
 from poc_serve.logprob_similarity import logprob_similarity
 from tests.support.local_serve import local_serve
-from tests.support.network_requests import TOKEN_ID, WEATHER_TOOL, enforced, logprobs_problem, network_body, post
+from tests.support.network_requests import (TOKEN_ID, WEATHER_TOOL, enforced, logprobs_problem, network_body, post,
+                                            stream_chat)
 from tests.support.receiver import CallbackReceiver
 
 MODEL = "poc-tiny-qwen3"
@@ -52,17 +52,10 @@ def test_the_networks_request_not_streamed(base):
 
 
 def test_the_networks_request_streamed(base):
-    body = network_body(MODEL, stream=True, stream_options={"include_usage": True})
-    content, usage = [], None
-    with httpx.stream("POST", f"{base}/v3.0.8/v1/chat/completions", json=body, timeout=300) as answer:
-        assert answer.status_code == 200 and answer.headers["content-type"].startswith("text/event-stream")
-        lines = [line for line in answer.iter_lines() if line.startswith("data: ")]
-    assert lines[-1] == "data: [DONE]"
-    for line in lines[:-1]:
-        chunk = json.loads(line.removeprefix("data: "))
-        for choice in chunk["choices"]:
-            content += (choice.get("logprobs") or {}).get("content") or []
-        usage = chunk.get("usage") or usage
+    answer = stream_chat(base, network_body(MODEL, stream=True, stream_options={"include_usage": True}))
+    assert answer["status"] == 200 and answer["content_type"].startswith("text/event-stream")
+    assert answer["done"]
+    content, usage = answer["content"], answer["usage"]
     assert logprobs_problem(content) is None, logprobs_problem(content)
     assert usage["completion_tokens"] == len(content) and usage["prompt_tokens"] > 0
 

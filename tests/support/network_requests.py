@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import httpx
 
@@ -23,10 +24,33 @@ def network_body(model: str, content: str = "Name three colors.", max_tokens: in
     return {**body, **overrides}
 
 
-def post(base: str, path: str, body: dict, timeout: float = 600) -> httpx.Response:
+def post(base: str, path: str, body: dict, timeout: float = 300) -> httpx.Response:
     """As the network's host posts it: compact JSON, a version segment before the path."""
     return httpx.post(f"{base}/v3.0.8{path}", content=json.dumps(body, separators=(",", ":")), timeout=timeout,
                       headers={"content-type": "application/json"})
+
+
+def stream_chat(base: str, body: dict, timeout: float = 300) -> dict:
+    """A streamed chat as the network's host reads it: the answer's status and content type, its
+    content's logprobs, usage, whether it ended with [DONE], and when its chunks came (seconds from
+    the request: ``seconds`` to the last, ``max_gap_s`` the longest wait between two)."""
+    content, usage, times, lines = [], None, [], []
+    started = time.monotonic()
+    with httpx.stream("POST", f"{base}/v3.0.8/v1/chat/completions", json=body, timeout=timeout) as answer:
+        for line in answer.iter_lines():
+            if line.startswith("data: "):
+                times.append(time.monotonic() - started)
+                lines.append(line)
+    for line in lines[:-1]:
+        chunk = json.loads(line.removeprefix("data: "))
+        for choice in chunk.get("choices") or ():
+            content += (choice.get("logprobs") or {}).get("content") or []
+        usage = chunk.get("usage") or usage
+    gaps = [b - t for t, b in zip(times, times[1:])]
+    return {"status": answer.status_code, "content_type": answer.headers.get("content-type", ""),
+            "done": bool(lines) and lines[-1] == "data: [DONE]", "content": content, "usage": usage,
+            "started": started, "seconds": times[-1] if times else None, "max_gap_s": max(gaps) if gaps else None,
+            "chunks": len(lines)}
 
 
 def logprobs_problem(content: list[dict]) -> str | None:
