@@ -42,6 +42,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 case "${1:-}" in
     serve) shift; exec "$VENV/bin/serve" run serve_config.yaml "$@" ;;
-    test) shift; exec "$VENV/bin/python" -m pytest "$@" ;;
+    # A test process (or a process it starts) that crashes prints every thread's Python stack.
+    test) shift; PYTHONFAULTHANDLER=1 exec "$VENV/bin/python" -m pytest "$@" ;;
     *) echo "usage: bash scripts/dev.sh serve|test [args...]" >&2; exit 2 ;;
 esac
