@@ -190,6 +190,8 @@ def test_dockerfile_parses_and_is_sound():
     assert "HF_HUB_OFFLINE" not in text.replace("HF_HUB_OFFLINE is left unset", "")
     users = [args for keyword, args in instructions if keyword == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
+    # `serve run` shuts Serve down gracefully on SIGINT only; on SIGTERM Ray's driver exits at once.
+    assert [args for keyword, args in instructions if keyword == "STOPSIGNAL"] == ["SIGINT"]
 
 
 def _hadolint() -> str | None:
