@@ -18,6 +18,8 @@ import json
 import os
 import sys
 import time
+from contextlib import nullcontext
+from typing import Callable, ContextManager
 
 import httpx
 
@@ -37,9 +39,12 @@ def bodies(model: str, n: int, max_tokens: int) -> list[dict]:
              "stream": False, "top_logprobs": 5, "ignore_eos": True} for i in range(n)]
 
 
-async def engine_direct(engine_config, batches: list[list[dict]]) -> list[tuple[float, int, int]]:
+async def engine_direct(engine_config, batches: list[list[dict]],
+                        around: Callable[[int], ContextManager] = lambda n: nullcontext()
+                        ) -> list[tuple[float, int, int]]:
     """(seconds, output tokens, requests answered) of each batch of requests sent at once to the
-    OpenAIServer of one engine built from ``engine_config`` (no Ray, no HTTP)."""
+    OpenAIServer of one engine built from ``engine_config`` (no Ray, no HTTP); each batch's timed
+    part runs inside ``around(len(batch))``."""
     from poc_serve.engine.engine import PoCEngine
 
     engine = PoCEngine(engine_config)
@@ -53,23 +58,27 @@ async def engine_direct(engine_config, batches: list[list[dict]]) -> list[tuple[
     results = []
     for requests in batches:
         await one(requests[0])  # warm-up
-        started = time.monotonic()
-        tokens = await asyncio.gather(*(one(b) for b in requests))
+        with around(len(requests)):
+            started = time.monotonic()
+            tokens = await asyncio.gather(*(one(b) for b in requests))
         results.append((time.monotonic() - started, sum(t for t in tokens if t > 0), sum(t > 0 for t in tokens)))
     engine.shutdown()
     return results
 
 
-async def through_service(base: str, requests: list[dict]) -> tuple[float, int, int]:
-    """(seconds, output tokens, requests answered) of ``requests`` sent at once over HTTP."""
+async def through_service(base: str, requests: list[dict],
+                          around: Callable[[int], ContextManager] = lambda n: nullcontext()) -> tuple[float, int, int]:
+    """(seconds, output tokens, requests answered) of ``requests`` sent at once over HTTP, the
+    timed part inside ``around(len(requests))``."""
     async with httpx.AsyncClient(timeout=1800, limits=httpx.Limits(max_connections=len(requests))) as http:
         async def one(body: dict) -> int:
             answer = await http.post(f"{base}/v1/chat/completions", json=body)
             return answer.json()["usage"]["completion_tokens"] if answer.status_code == 200 else -1
 
         await one(requests[0])
-        started = time.monotonic()
-        tokens = await asyncio.gather(*(one(b) for b in requests))
+        with around(len(requests)):
+            started = time.monotonic()
+            tokens = await asyncio.gather(*(one(b) for b in requests))
         return time.monotonic() - started, sum(t for t in tokens if t > 0), sum(t > 0 for t in tokens)
 
 

@@ -33,6 +33,8 @@ import re
 import sys
 import threading
 import time
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Iterator
 
 import httpx
 import yaml
@@ -41,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.early_share import early_share  # noqa: E402
 from benchmarks.inference_speed import bodies, engine_direct, through_service  # noqa: E402
+from benchmarks.process_profile import profiled  # noqa: E402
 from benchmarks.shared import OUT, ROOT, emit, run_phases  # noqa: E402
 from tests.support.network_requests import (WEATHER_TOOL, enforced, logprobs_problem, network_body,  # noqa: E402
                                             post, stream_chat)
@@ -69,7 +72,8 @@ def phase_direct(a) -> None:
     engine = app_args(a)["engine"]
     config = EngineConfig(model=a.model, **engine)
     batches = [bodies(a.model, n, a.max_tokens) for n in a.concurrency]
-    for n, (seconds, tokens, answered) in zip(a.concurrency, asyncio.run(engine_direct(config, batches))):
+    around = profiler(a, "direct", lambda: ({"benchmark": os.getpid()}, {}))
+    for n, (seconds, tokens, answered) in zip(a.concurrency, asyncio.run(engine_direct(config, batches, around))):
         emit({"part": "direct", "model": a.model, "concurrency": n, "max_tokens": a.max_tokens,
               "tokens_per_s": round(tokens / seconds, 1), "seconds": round(seconds, 2), "answered": answered,
               "date": time.strftime("%Y-%m-%d")}, file=RESULTS)
@@ -158,8 +162,9 @@ def part_speed(a, base: str) -> None:
         row = json.loads(line)
         if row.get("part") == "direct" and row.get("model") == a.model:
             direct[row["concurrency"]] = row["tokens_per_s"]
+    around = profiler(a, "service", lambda: (serve_processes(), {"client": os.getpid()}))
     for n in a.concurrency:
-        seconds, tokens, answered = asyncio.run(through_service(base, bodies(a.model, n, a.max_tokens)))
+        seconds, tokens, answered = asyncio.run(through_service(base, bodies(a.model, n, a.max_tokens), around))
         rate = tokens / seconds
         emit({"part": "speed", "model": a.model, "concurrency": n, "max_tokens": a.max_tokens,
               "service_tokens_per_s": round(rate, 1), "engine_direct_tokens_per_s": direct.get(n),
@@ -204,6 +209,38 @@ def part_switch(a, base: str) -> None:
               "load_log": engine_log_lines()[lines_before:]}, file=RESULTS)
 
 
+def profiler(a, phase: str, roots: Callable[[], tuple[dict[str, int], dict[str, int]]]
+             ) -> Callable[[int], ContextManager]:
+    """The ``around`` of engine_direct and through_service: with ``--profile``, where the CPU time
+    of the process trees and single processes ``roots()`` (each name: pid) goes at each
+    concurrency (benchmarks/process_profile.py), emitted as a ``profile`` result; without it,
+    nothing."""
+    @contextmanager
+    def around(n: int) -> Iterator[None]:
+        if not a.profile:
+            yield
+            return
+        with profiled(f"{phase}-{n}", *roots()) as result:
+            yield
+        emit({"part": "profile", **result}, file=RESULTS)
+    return around
+
+
+def serve_processes() -> dict[str, int]:
+    """The pids of Serve's proxy, the ingress and the engine replicas on this machine, found by the
+    titles Ray gives its actors' processes (``ray::ServeReplica:<app>:<deployment>``)."""
+    roots = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            title = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        name = title.rsplit(":", 1)[-1].strip()
+        if title.startswith("ray::") and name in ("ProxyActor", "PoCIngress", "PoCEngineDeployment"):
+            roots[name if name not in roots else f"{name}-{pid}"] = int(pid)
+    return roots
+
+
 def engine_log_lines() -> list[str]:
     """vLLM's lines on load times and kernels from this Ray session's worker logs, in file order."""
     import ray
@@ -230,6 +267,9 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=1024)
     p.add_argument("--early-seconds", type=float, default=90.0)
     p.add_argument("--stream-tokens", type=int, default=2048)
+    p.add_argument("--profile", action="store_true",
+                   help="speed: CPU seconds per thread (and py-spy stacks where py-spy is on PATH) of the engine, "
+                        "Serve's processes and the client at each concurrency")
     a = p.parse_args()
     if a.phase:
         return {"direct": phase_direct, "service": phase_service}[a.phase](a)
