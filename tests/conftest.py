@@ -59,9 +59,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     """End the test process once pytest has reported and every fixture has run, with pytest's exit
     status, after the atexit handlers but without the interpreter's finalization. This process
     runs several Ray drivers in turn, and Ray leaves native threads running after
-    `ray.shutdown()` (its GCS client's io thread; after Serve, the core worker's io thread);
-    finalizing the interpreter beside them crashed it once with SIGSEGV after 497 tests passed
-    (exit status 139: CI, 2026-12-05). Nothing a test checks happens after this point."""
+    `ray.shutdown()` (its GCS client's io thread; after Serve, the core worker's io thread). The
+    process crashed once with SIGSEGV after pytest's report of 497 passed (exit status 139: CI,
+    2026-12-05), where only finalization was left; which native code crashed is not known.
+    Nothing a test checks happens after this point."""
     session = config.stash.get(SESSION, None)
     if session is None:  # pytest stopped before the session started: its own exit path
         return
