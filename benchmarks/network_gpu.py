@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from typing import Callable, ContextManager, Iterator
 
 import httpx
+import psutil
 import yaml
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -230,14 +231,11 @@ def serve_processes() -> dict[str, int]:
     """The pids of Serve's proxy, the ingress and the engine replicas on this machine, found by the
     titles Ray gives its actors' processes (``ray::ServeReplica:<app>:<deployment>``)."""
     roots = {}
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            title = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")[0].decode(errors="replace")
-        except OSError:
-            continue
+    for process in psutil.process_iter(["cmdline"]):
+        title = (process.info["cmdline"] or [""])[0]
         name = title.rsplit(":", 1)[-1].strip()
         if title.startswith("ray::") and name in ("ProxyActor", "PoCIngress", "PoCEngineDeployment"):
-            roots[name if name not in roots else f"{name}-{pid}"] = int(pid)
+            roots[name if name not in roots else f"{name}-{process.pid}"] = process.pid
     return roots
 
 

@@ -17,6 +17,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
+import psutil
+
 from benchmarks.shared import OUT
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -24,20 +26,10 @@ TICKS = os.sysconf("SC_CLK_TCK")
 
 def descendants(root: int) -> list[int]:
     """``root`` and every process below it."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        found.append(pid)
-        todo += children.get(pid, [])
-    return found
+    try:
+        return [root, *(child.pid for child in psutil.Process(root).children(recursive=True))]
+    except psutil.Error:
+        return [root]
 
 
 def thread_seconds(root: int, tree: bool = True) -> dict[str, float]:
